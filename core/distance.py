@@ -1,0 +1,64 @@
+"""Distances and exact top-k search, shared by the memtable and every exact search path.
+
+l2 is squared euclidean, cosine is 1 - cosine similarity, ip is -dot; lower is closer.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+__all__ = ["METRICS", "normalize", "distances", "exact_topk"]
+
+METRICS = ("cosine", "l2", "ip")
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (x / norms).astype(np.float32, copy=False)
+
+
+def distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """The ``(m, n)`` matrix of distances between queries and vectors under ``metric``."""
+    q = np.asarray(queries, dtype=np.float32)
+    v = np.asarray(vectors, dtype=np.float32)
+    if metric == "ip":
+        return -(q @ v.T)
+    if metric == "cosine":
+        return 1.0 - normalize(q) @ normalize(v).T
+    if metric == "l2":
+        d = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + (v * v).sum(1)[None, :]
+        return np.maximum(d, 0.0)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, metric: str,
+               mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Row positions ``(m, k)`` and distances ``(m, k)`` of the k closest rows, best first.
+
+    Rows where ``mask`` is False are never returned; missing results are position -1, distance inf.
+    """
+    m = len(queries)
+    pos = np.full((m, k), -1, dtype=np.int64)
+    dist = np.full((m, k), np.inf, dtype=np.float32)
+    n = len(vectors)
+    if n == 0 or m == 0:
+        return pos, dist
+    d = distances(queries, vectors, metric).astype(np.float32, copy=False)
+    if mask is not None:
+        d = np.where(mask[None, :], d, np.inf)
+    kk = min(k, n)
+    if kk < n:
+        part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(n), (m, n))
+    pd = np.take_along_axis(d, part, axis=1)
+    order = np.argsort(pd, axis=1, kind="stable")
+    top = np.take_along_axis(part, order, axis=1)
+    topd = np.take_along_axis(pd, order, axis=1)
+    valid = np.isfinite(topd)
+    pos[:, :kk] = np.where(valid, top, -1)
+    dist[:, :kk] = topd
+    return pos, dist

@@ -1,0 +1,51 @@
+"""Events the core reports to observer hooks and keeps for ``stats()``."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional
+
+from .contracts import CompactionResult, FlushRequest, RecoveryReport
+
+__all__ = ["FlushEvent", "RecoveryEvent", "CompactionEvent"]
+
+
+@dataclass
+class FlushEvent:
+    """One flush: why it ran, what it wrote, and the seconds of each phase."""
+
+    collection: str
+    reason: FlushRequest
+    started_at: float
+    rows: int = 0
+    deletes: int = 0
+    bytes: int = 0
+    segment: Optional[str] = None
+    flushed_lsn: int = 0
+    wal_bytes_freed: int = 0
+    phases: Dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: Optional[str] = None
+    attempt: int = 1
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["reason"] = {**asdict(self.reason), "text": self.reason.describe()}
+        return d
+
+
+@dataclass
+class RecoveryEvent:
+    collection: str
+    report: RecoveryReport
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"collection": self.collection, **asdict(self.report)}
+
+
+@dataclass
+class CompactionEvent:
+    collection: str
+    result: CompactionResult
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"collection": self.collection, **asdict(self.result)}

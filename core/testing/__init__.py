@@ -1,0 +1,1 @@
+"""proxistore package."""

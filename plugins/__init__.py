@@ -1,0 +1,1 @@
+"""Built-in plugins of proxistore, registered through the `proxistore` entry-point group like any other."""
