@@ -135,6 +135,10 @@ class WalStrategy(abc.ABC):
         self.fs = fs
         self.root = root
 
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        """Reject contradictory values in the parsed section (raise ConfigError with ``key``)."""
+
     @abc.abstractmethod
     def create_collection(self, name: str) -> None:
         """Durably create the (empty) log of a new collection."""
@@ -297,6 +301,10 @@ class StorageEngine(abc.ABC):
         self.fs = fs
         self.root = root
 
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        """Reject contradictory values in the parsed section (raise ConfigError with ``key``)."""
+
     @abc.abstractmethod
     def create_collection(self, info: CollectionInfo) -> None:
         """Durably create an empty collection (``flushed_lsn`` 0)."""
@@ -342,7 +350,8 @@ class CollectionState:
 @dataclass(frozen=True)
 class DatabaseState:
     collections: Mapping[str, CollectionState]
-    total_memtable_bytes: int
+    total_memtable_bytes: int      # active and frozen memtables of every collection
+    waiting_write_bytes: int       # writes stalled at a memory limit, waiting to be accepted
     now: float
 
 
@@ -393,6 +402,10 @@ class FlushPolicy(abc.ABC):
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
+
+    @classmethod
+    def validate_config(cls, config: Mapping[str, Any]) -> None:
+        """Reject contradictory values in the parsed section (raise ConfigError with ``key``)."""
 
     @abc.abstractmethod
     def due(self, state: DatabaseState) -> List[FlushRequest]:

@@ -1,0 +1,87 @@
+"""The durable list of collections: creating and dropping one is atomic across a crash.
+
+Each collection has ``collections/<name>/collection.json``. Creation builds it under a temporary
+name, has the WAL and the storage engine create their parts, then renames it into place and fsyncs
+the directory: that rename is the commit point. Dropping renames it aside first (the commit point),
+then deletes the parts. On open, anything half-created or half-dropped is finished or removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Mapping
+
+from .contracts import CollectionInfo
+from .fileio import FileSystem
+
+__all__ = ["Catalog"]
+
+_INFO = "collection.json"
+_CREATING = ".creating-"
+_DROPPING = ".dropping-"
+FORMAT_VERSION = 1
+
+
+class Catalog:
+    def __init__(self, fs: FileSystem, root: str) -> None:
+        self.fs = fs
+        self.root = root
+        fs.makedirs_durable(root)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def names(self) -> List[str]:
+        return [n for n in self.fs.listdir(self.root) if not n.startswith(".")]
+
+    def load(self, name: str) -> CollectionInfo:
+        with open(os.path.join(self._path(name), _INFO), "rb") as f:
+            d = json.loads(f.read())
+        return CollectionInfo(name=d["name"], dim=d["dim"], metric=d["metric"],
+                              overrides=d.get("overrides", {}), created_at=d.get("created_at", 0.0))
+
+    def begin_create(self, name: str, dim: int, metric: str, overrides: Mapping[str, Any]) -> CollectionInfo:
+        """Write the collection's record under a temporary name (not yet visible)."""
+        info = CollectionInfo(name=name, dim=dim, metric=metric, overrides=dict(overrides),
+                              created_at=time.time())
+        tmp = self._path(_CREATING + name)
+        if self.fs.exists(tmp):
+            self.fs.rmtree(tmp)
+        self.fs.makedirs(tmp)
+        body = {"format_version": FORMAT_VERSION, "name": name, "dim": dim, "metric": metric,
+                "overrides": dict(overrides), "created_at": info.created_at}
+        self.fs.write_durable(os.path.join(tmp, _INFO), json.dumps(body, indent=2).encode())
+        self.fs.fsync_dir(tmp)
+        self.fs.fsync_dir(self.root)
+        return info
+
+    def commit_create(self, name: str) -> None:
+        self.fs.rename(self._path(_CREATING + name), self._path(name))
+        self.fs.fsync_dir(self.root)
+
+    def begin_drop(self, name: str) -> None:
+        """Make the drop durable (the collection is gone from here on); parts are deleted after."""
+        aside = self._path(_DROPPING + name)
+        if self.fs.exists(aside):
+            self.fs.rmtree(aside)
+        self.fs.rename(self._path(name), aside)
+        self.fs.fsync_dir(self.root)
+
+    def finish_drop(self, name: str) -> None:
+        aside = self._path(_DROPPING + name)
+        if self.fs.exists(aside):
+            self.fs.rmtree(aside)
+            self.fs.fsync_dir(self.root)
+
+    def unfinished(self) -> Dict[str, List[str]]:
+        """Names of collections whose creation or drop was interrupted."""
+        entries = self.fs.listdir(self.root)
+        return {"creating": [e[len(_CREATING):] for e in entries if e.startswith(_CREATING)],
+                "dropping": [e[len(_DROPPING):] for e in entries if e.startswith(_DROPPING)]}
+
+    def discard_create(self, name: str) -> None:
+        tmp = self._path(_CREATING + name)
+        if self.fs.exists(tmp):
+            self.fs.rmtree(tmp)
+            self.fs.fsync_dir(self.root)

@@ -1,0 +1,129 @@
+"""The public handle of a collection: validates input, then hands it to the data path."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .contracts import OP_DELETE, OP_INSERT, OP_UPSERT
+from .filters import compile_filter
+from .validation import check_ids, check_k, check_queries, check_vectors
+
+__all__ = ["Collection", "Hit", "Record"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; lower ``distance`` is closer."""
+
+    id: str
+    distance: float
+    metadata: Optional[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored vector with its metadata."""
+
+    id: str
+    vector: np.ndarray
+    metadata: Optional[Mapping[str, Any]]
+
+
+class Collection:
+    """A named set of vectors of one dimension and metric, inside an open database."""
+
+    def __init__(self, db: Any, name: str) -> None:
+        self._db = db
+        self.name = name
+
+    def _rt(self):
+        return self._db._runtime(self.name)
+
+    @property
+    def dim(self) -> int:
+        return self._rt().dim
+
+    @property
+    def metric(self) -> str:
+        return self._rt().metric
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r})"
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def insert(self, ids: Sequence[str], vectors: Any, metadata: Optional[Sequence[Optional[Mapping]]] = None) -> int:
+        """Add new vectors; an id that already exists is an error (use :meth:`upsert`).
+
+        Returns when the batch is durable per the WAL's sync mode and searchable.
+        """
+        return self._write(OP_INSERT, ids, vectors, metadata)
+
+    def upsert(self, ids: Sequence[str], vectors: Any, metadata: Optional[Sequence[Optional[Mapping]]] = None) -> int:
+        """Add vectors, replacing any existing version of the same ids."""
+        return self._write(OP_UPSERT, ids, vectors, metadata)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove ids (unknown ids are ignored)."""
+        rt = self._rt()
+        clean = check_ids(ids)
+        if not clean:
+            return 0
+        rt.write(OP_DELETE, clean, None, None)
+        return len(clean)
+
+    def _write(self, op: str, ids: Any, vectors: Any, metadata: Any) -> int:
+        rt = self._rt()
+        clean = check_ids(ids)
+        vecs = check_vectors(vectors, len(clean), rt.dim)
+        if not clean:
+            return 0
+        rt.write(op, clean, vecs, metadata)
+        return len(clean)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str]) -> List[Optional[Record]]:
+        """The newest live version of each id, or None for ids unknown or deleted."""
+        rt = self._rt()
+        clean = list(ids) if not isinstance(ids, str) else [ids]
+        check_ids(list(dict.fromkeys(clean)))
+        return [None if r is None else Record(r.id, r.vector, r.metadata) for r in rt.get(clean)]
+
+    def count(self) -> int:
+        return self._rt().count()
+
+    def search(self, query: Any, k: int = 10, filter: Optional[Mapping[str, Any]] = None,
+               ef: Optional[int] = None) -> List[Hit]:
+        """The k closest live vectors to one query, with their metadata."""
+        rt = self._rt()
+        q = check_queries(query, rt.dim)
+        if len(q) != 1:
+            from .errors import InvalidVector
+            raise InvalidVector(f"search takes one query, got {len(q)}; use search_batch")
+        hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
+        ids = [i for i in hits.ids[0] if i is not None]
+        records = dict(zip(ids, rt.get(ids)))
+        return [Hit(id_, float(d), records[id_].metadata if records.get(id_) else None)
+                for id_, d in zip(hits.ids[0], hits.distances[0]) if id_ is not None]
+
+    def search_batch(self, queries: Any, k: int = 10, filter: Optional[Mapping[str, Any]] = None,
+                     ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Ids ``(m, k)`` (object array, None where fewer than k match) and distances ``(m, k)``."""
+        rt = self._rt()
+        q = check_queries(queries, rt.dim)
+        hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
+        return hits.ids, hits.distances
+
+
+def _check_ef(ef: Any) -> Optional[int]:
+    if ef is None:
+        return None
+    from .validation import check_k as _positive
+    try:
+        return _positive(ef)
+    except ValueError:
+        from .errors import InvalidArgument
+        raise InvalidArgument(f"ef must be a positive integer, got {ef!r}") from None

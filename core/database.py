@@ -1,0 +1,377 @@
+"""An open data directory: plugins chosen by config, collections, and background maintenance.
+
+Layout of a data directory::
+
+    LOCK                 exclusive lock of the process that has it open
+    proxistore.json      format version
+    collections/<name>/  the durable record of each collection (see catalog.py)
+    wal/                 owned by the WAL strategy
+    storage/             owned by the storage engine
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from .admission import Admission
+from .catalog import Catalog
+from .collection import Collection
+from .config import EffectiveConfig, load_config, validate_collection_overrides
+from .contracts import CompactionResult, DatabaseState, FlushRequest
+from .errors import (CollectionExists, CollectionNotFound, DatabaseClosed, FlushError,
+                     PolicyNotEnabled, ProxistoreError)
+from .events import CompactionEvent, RecoveryEvent
+from .fileio import FileSystem, default_filesystem
+from .flush import FlushLog, run_flush
+from .lock import DirectoryLock
+from .maintenance import Maintenance
+from .registry import Registry, get_registry
+from .runtime import CollectionRuntime
+from .validation import check_collection_name, check_dim, check_metric
+
+__all__ = ["Database", "open_database"]
+
+log = logging.getLogger("proxistore")
+FORMAT_FILE = "proxistore.json"
+FORMAT_VERSION = 1
+
+
+class Database:
+    """Use :func:`proxistore.open`. A context manager; ``close()`` stops maintenance cleanly."""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"], config: Any = None, *,
+                 fs: Optional[FileSystem] = None, registry: Optional[Registry] = None) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.fs = fs or default_filesystem()
+        self.registry = registry or get_registry()
+        self.config: EffectiveConfig = load_config(config, registry=self.registry)
+        self._closed = True
+        self.fs.makedirs_durable(self.path)
+        self._lock = DirectoryLock(self.path)
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        cfg = self.config
+        fmt = os.path.join(self.path, FORMAT_FILE)
+        if not self.fs.exists(fmt):
+            self.fs.write_atomic(fmt, json.dumps({"format_version": FORMAT_VERSION}).encode())
+        self._lsn_lock = threading.Lock()
+        self._next_lsn = 1
+        self._ddl_lock = threading.RLock()
+        self._runtimes: Dict[str, CollectionRuntime] = {}
+        self.flush_logs: Dict[str, FlushLog] = {}
+        self.compactions: Dict[str, List[CompactionEvent]] = {}
+        self.wal = cfg.wal_spec.factory(cfg.wal, fs=self.fs, root=os.path.join(self.path, "wal"))
+        self.storage = cfg.storage_spec.factory(cfg.storage, fs=self.fs, root=os.path.join(self.path, "storage"))
+        self.policies = []
+        for name, spec in cfg.policy_specs.items():
+            policy = spec.factory(cfg.flush[name])
+            policy.name = name
+            self.policies.append(policy)
+        limits = [p.write_limit() for p in self.policies if p.write_limit() is not None]
+        limit = min(limits, key=lambda lim: lim.limit_bytes) if limits else None
+        self.maintenance = Maintenance(self, self.policies, cfg.maintenance)
+        self.admission = Admission(limit, self.total_memtable_bytes, self.maintenance.wake)
+        self.catalog = Catalog(self.fs, os.path.join(self.path, "collections"))
+        self._recover_catalog()
+        max_lsn = 0
+        for name in self.catalog.names():
+            max_lsn = max(max_lsn, self._open_collection(name))
+        self._next_lsn = max_lsn + 1
+        self.maintenance.start()
+
+    def _recover_catalog(self) -> None:
+        """Finish interrupted drops, undo interrupted creates, remove parts of unknown collections."""
+        unfinished = self.catalog.unfinished()
+        for name in unfinished["dropping"]:
+            self.wal.drop_collection(name)
+            self.storage.drop_collection(name)
+            self.catalog.finish_drop(name)
+        known = set(self.catalog.names())
+        for name in unfinished["creating"]:
+            if name not in known:
+                self.wal.drop_collection(name)
+                self.storage.drop_collection(name)
+            self.catalog.discard_create(name)
+        for name in set(self.wal.list_collections()) - known:
+            self.wal.drop_collection(name)
+        for name in set(self.storage.list_collections()) - known:
+            self.storage.drop_collection(name)
+
+    def _open_collection(self, name: str) -> int:
+        info = self.catalog.load(name)
+        settings = validate_collection_overrides(info.overrides, self.config, name)
+        store = self.storage.open_collection(info, settings["storage"][self.config.storage_spec.name])
+        wal = self.wal.open_collection(name)
+        rt = CollectionRuntime(self, info, settings, wal, store)
+        _, max_lsn = rt.replay()
+        self._runtimes[name] = rt
+        self.flush_logs[name] = FlushLog(self.config.maintenance["flush_history"])
+        self.compactions[name] = []
+        event = RecoveryEvent(name, wal.recovery)
+        rt.recovery = event.to_dict()
+        if wal.recovery.torn_tails or wal.recovery.set_aside:
+            log.warning("recovered %s: %s", name, rt.recovery)
+        self._fire("proxistore_wal_recovered", event)
+        return max(max_lsn, store.flushed_lsn)
+
+    # -- collections -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"database {self.path!r} is closed")
+
+    def _runtime(self, name: str) -> CollectionRuntime:
+        self._check_open()
+        rt = self._runtimes.get(name)
+        if rt is None:
+            raise CollectionNotFound(f"no collection named {name!r} in {self.path!r}; "
+                                     f"collections: {sorted(self._runtimes) or 'none'}")
+        return rt
+
+    def runtime_or_none(self, name: str) -> Optional[CollectionRuntime]:
+        return self._runtimes.get(name)
+
+    def runtimes(self) -> List[CollectionRuntime]:
+        return list(self._runtimes.values())
+
+    def create_collection(self, name: str, dim: int, metric: str = "cosine",
+                          config: Optional[Mapping[str, Any]] = None) -> Collection:
+        """Create a collection durably (all or nothing across a crash) and return its handle.
+
+        ``config`` overrides flush and index settings for this collection alone, in the shape of
+        the database config: ``{"flush": {"size": {"memory_flush_size_bytes": "4MB"}}}``.
+        """
+        self._check_open()
+        check_collection_name(name)
+        dim = check_dim(dim)
+        metric = check_metric(metric)
+        overrides = dict(config or {})
+        settings = validate_collection_overrides(overrides, self.config, name)
+        with self._ddl_lock:
+            if name in self._runtimes:
+                raise CollectionExists(f"collection {name!r} already exists")
+            info = self.catalog.begin_create(name, dim, metric, overrides)
+            try:
+                self.storage.create_collection(info)
+                self.wal.create_collection(name)
+            except BaseException:
+                self.wal.drop_collection(name)
+                self.storage.drop_collection(name)
+                self.catalog.discard_create(name)
+                raise
+            self.catalog.commit_create(name)
+            store = self.storage.open_collection(info, settings["storage"][self.config.storage_spec.name])
+            rt = CollectionRuntime(self, info, settings, self.wal.open_collection(name), store)
+            rt.replay()
+            self.flush_logs[name] = FlushLog(self.config.maintenance["flush_history"])
+            self.compactions[name] = []
+            self._runtimes[name] = rt
+        return Collection(self, name)
+
+    def collection(self, name: str) -> Collection:
+        """The handle of an existing collection."""
+        self._runtime(name)
+        return Collection(self, name)
+
+    get_collection = collection
+
+    def collections(self) -> List[str]:
+        self._check_open()
+        return sorted(self._runtimes)
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and all its data, durably."""
+        with self._ddl_lock:
+            rt = self._runtime(name)
+            with rt.flush_lock:
+                self.catalog.begin_drop(name)
+                del self._runtimes[name]
+                rt.close()
+                self.wal.drop_collection(name)
+                self.storage.drop_collection(name)
+                self.catalog.finish_drop(name)
+
+    # -- LSNs and memory -----------------------------------------------------------------------
+
+    def allocate_lsns(self, n: int) -> int:
+        with self._lsn_lock:
+            first = self._next_lsn
+            self._next_lsn += n
+            return first
+
+    def total_memtable_bytes(self) -> int:
+        return sum(rt.memtable_bytes()[1] for rt in list(self._runtimes.values()))
+
+    def database_state(self) -> DatabaseState:
+        now = time.monotonic()
+        cols = {rt.name: rt.state(now) for rt in list(self._runtimes.values())}
+        return DatabaseState(collections=cols, total_memtable_bytes=self.total_memtable_bytes(),
+                             waiting_write_bytes=self.admission.waiting_bytes, now=now)
+
+    # -- flush and compaction --------------------------------------------------------------
+
+    def run_flush(self, rt: CollectionRuntime, request: FlushRequest, attempt: int = 1):
+        return run_flush(rt, request, self.registry.hook, self.flush_logs[rt.name], attempt)
+
+    def flush(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Flush one collection (or all) now; returns once data is in storage and the WAL truncated.
+
+        Answered by the enabled policy that takes explicit requests (``manual``).
+        """
+        self._check_open()
+        names = [self._runtime(name).name] if name is not None else self.collections()
+        done = []
+        for n in names:
+            rt = self._runtime(n)
+            state = rt.state(time.monotonic())
+            request = next((r for r in (p.request(state) for p in self.policies) if r is not None), None)
+            if request is None:
+                raise PolicyNotEnabled(f"no enabled flush policy answers explicit flush requests; add "
+                                       f"'manual' to flush.policies (enabled: {self.config.policies})",
+                                       key="flush.policies", file=self.config.source)
+            while True:  # a frozen memtable left by a failed background flush goes first
+                event = self.run_flush(rt, request)
+                if event is not None:
+                    done.append(event.to_dict())
+                if rt.oldest_frozen() is None and len(rt.memtables[0]) == 0:
+                    break
+                if event is None:
+                    break
+        return done
+
+    def compact(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Compact (merge segments, build indexes) now and wait."""
+        self._check_open()
+        names = [self._runtime(name).name] if name is not None else self.collections()
+        out = []
+        for n in names:
+            rt = self._runtime(n)
+            result = rt.store.compact()
+            if result is not None:
+                out.append(self.compaction_finished(n, result).to_dict())
+        return out
+
+    def compaction_finished(self, name: str, result: CompactionResult) -> CompactionEvent:
+        event = CompactionEvent(name, result)
+        history = self.compactions.setdefault(name, [])
+        history.append(event)
+        del history[:-20]
+        self._fire("proxistore_compaction_finished", event)
+        return event
+
+    def _fire(self, hook_name: str, event: Any) -> None:
+        try:
+            getattr(self.registry.hook, hook_name)(event=event)
+        except Exception:  # observer hooks are third-party code: log, never break the data path
+            log.exception("observer hook %s failed", hook_name)
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """Everything an operator needs, JSON-serialisable: per collection and database-wide."""
+        self._check_open()
+        cols = {}
+        for rt in self.runtimes():
+            active, total = rt.memtable_bytes()
+            memtables = rt.memtables
+            cols[rt.name] = {
+                "dim": rt.dim, "metric": rt.metric, "rows": rt.count(),
+                "memtable": {"rows": sum(len(m) for m in memtables), "bytes": total, "active_bytes": active,
+                             "allocated_bytes": sum(m.allocated_bytes for m in memtables),
+                             "frozen": len(memtables) - 1},
+                "wal": rt.wal.stats(),
+                "storage": rt.store.stats(),
+                "flushes": self.flush_logs[rt.name].to_dict(),
+                "compactions": [e.to_dict() for e in self.compactions.get(rt.name, [])[-5:]],
+                "recovery": rt.recovery,
+                "overrides": dict(rt.info.overrides),
+            }
+        return _jsonable({
+            "path": self.path, "config": self.config.source,
+            "wal_strategy": self.config.wal_spec.name, "storage_engine": self.config.storage_spec.name,
+            "flush_policies": self.config.policies,
+            "memtable_bytes": self.total_memtable_bytes(),
+            "backpressure": self.admission.stats(),
+            "maintenance": self.maintenance.stats(),
+            "collections": cols,
+        })
+
+    def why(self, name: str) -> List[Dict[str, Any]]:
+        """Every enabled policy's thresholds for ``name`` with the value each measures now."""
+        self._runtime(name)
+        state = self.database_state()
+        rows = []
+        for policy in self.policies:
+            for r in policy.readings(state, name):
+                rows.append({"policy": r.policy, "key": r.key, "threshold": r.threshold,
+                             "measured": r.measured, "unit": r.unit, "due": r.due})
+            if not policy.readings(state, name):
+                rows.append({"policy": policy.name, "key": None, "threshold": None, "measured": None,
+                             "unit": "", "due": False})
+        return _jsonable(rows)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop maintenance (waiting for running flushes), close the WAL and storage, unlock."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.maintenance.stop(self.config.maintenance["close_timeout"])
+        finally:
+            errors: List[BaseException] = []
+            for rt in list(self._runtimes.values()):
+                try:
+                    rt.close()
+                except ProxistoreError as exc:
+                    errors.append(exc)
+            self.wal.close()
+            self.storage.close()
+            self._lock.release()
+            if errors:
+                raise errors[0]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<proxistore.Database {self.path!r}{' closed' if self._closed else ''}>"
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars and tuples converted), so stats() always serialises."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def open_database(path: Union[str, "os.PathLike[str]"], config: Any = None, **kwargs: Any) -> Database:
+    return Database(path, config, **kwargs)

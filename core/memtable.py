@@ -1,0 +1,203 @@
+"""The in-memory table of one collection's unflushed writes: numpy-backed, searched exactly.
+
+Rows are kept in contiguous arrays that grow by 1.5x (amortised O(1) appends). An id has at most
+one row; a newer LSN overwrites it in place (a delete turns it into a tombstone), an older LSN is
+ignored, so applying batches out of LSN order still leaves the newest version.
+
+Byte accounting (``nbytes``) counts what the rows hold: vector and LSN bytes, the id strings and
+the index entry for each, and the metadata dicts with their keys and values. ``allocated_bytes``
+adds the unused capacity of the arrays.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .contracts import OP_DELETE, SearchHits, SegmentRows, StoredRecord, WalBatch
+from .distance import exact_topk
+
+__all__ = ["Memtable"]
+
+_GROWTH = 1.5
+_INDEX_ENTRY_BYTES = 100  # one slot of the id -> row dict and of the ids list, measured on CPython 3.11
+
+
+def _metadata_bytes(meta: Optional[Mapping[str, Any]]) -> int:
+    if not meta:
+        return 0
+    return sys.getsizeof(meta) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in meta.items())
+
+
+class Memtable:
+    """Rows of one collection not yet in storage. Thread-safe for one writer and many readers."""
+
+    def __init__(self, dim: int, metric: str, capacity: int = 64) -> None:
+        self.dim = dim
+        self.metric = metric
+        self._lock = threading.RLock()
+        self._vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self._lsns = np.zeros(capacity, dtype=np.int64)
+        self._deleted = np.zeros(capacity, dtype=bool)
+        self._ids: List[str] = []
+        self._meta: List[Optional[Mapping[str, Any]]] = []
+        self._row_of: Dict[str, int] = {}
+        self._row_bytes: List[int] = []
+        self.nbytes = 0
+        self.max_lsn = 0
+        self.first_write_at: Optional[float] = None  # time.monotonic() of the oldest row
+        self._meta_table = None  # cached pyarrow table of metadata, rebuilt after writes
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def allocated_bytes(self) -> int:
+        cap = len(self._lsns)
+        used = len(self._ids)
+        return self.nbytes + (cap - used) * (self.dim * 4 + 9)
+
+    def apply(self, batch: WalBatch) -> None:
+        """Apply a batch; per id, the newest LSN wins whatever the order of application."""
+        with self._lock:
+            n = len(batch.ids)
+            self._reserve(len(self._ids) + n)
+            is_delete = batch.op == OP_DELETE
+            vecs = batch.vectors
+            metas = batch.metadata
+            for i, id_ in enumerate(batch.ids):
+                lsn = batch.first_lsn + i
+                meta = None if is_delete or metas is None else metas[i]
+                row = self._row_of.get(id_)
+                if row is None:
+                    row = len(self._ids)
+                    self._ids.append(id_)
+                    self._meta.append(None)
+                    self._row_bytes.append(0)
+                    self._row_of[id_] = row
+                    self._lsns[row] = -1
+                elif self._lsns[row] >= lsn:
+                    continue
+                self._lsns[row] = lsn
+                self._deleted[row] = is_delete
+                if is_delete:
+                    self._vectors[row] = 0.0
+                else:
+                    self._vectors[row] = vecs[i]
+                self._meta[row] = meta
+                size = (self.dim * 4 + 9 + sys.getsizeof(id_) + _INDEX_ENTRY_BYTES + _metadata_bytes(meta))
+                self.nbytes += size - self._row_bytes[row]
+                self._row_bytes[row] = size
+                if lsn > self.max_lsn:
+                    self.max_lsn = lsn
+            if self.first_write_at is None and self._ids:
+                self.first_write_at = time.monotonic()
+            self._meta_table = None
+
+    def _reserve(self, rows: int) -> None:
+        cap = len(self._lsns)
+        if rows <= cap:
+            return
+        new_cap = max(rows, int(cap * _GROWTH) + 1)
+        for name in ("_vectors", "_lsns", "_deleted"):
+            old = getattr(self, name)
+            new = np.zeros((new_cap,) + old.shape[1:], dtype=old.dtype)
+            new[:cap] = old
+            setattr(self, name, new)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def lookup(self, id_: str) -> Optional[Tuple[int, bool]]:
+        """``(lsn, is_live)`` of the id's row, or ``None`` when this memtable has no row for it."""
+        row = self._row_of.get(id_)
+        if row is None:
+            return None
+        return int(self._lsns[row]), not bool(self._deleted[row])
+
+    def get(self, id_: str) -> Optional[StoredRecord]:
+        """The id's live row (``None`` if absent or deleted here; check :meth:`lookup` first)."""
+        with self._lock:
+            row = self._row_of.get(id_)
+            if row is None or self._deleted[row]:
+                return None
+            return StoredRecord(id_, self._vectors[row].copy(), self._meta[row], int(self._lsns[row]))
+
+    def live_rows(self) -> int:
+        with self._lock:
+            return int(len(self._ids) - self._deleted[: len(self._ids)].sum())
+
+    def metadata_table(self):
+        """The rows' metadata as a pyarrow table (absent keys are null), for filter evaluation."""
+        import pyarrow as pa
+
+        with self._lock:
+            if self._meta_table is None or self._meta_table.num_rows != len(self._ids):
+                self._meta_table = pa.Table.from_pylist([m or {} for m in self._meta])
+            return self._meta_table
+
+    def search(self, queries: np.ndarray, k: int, *, filter: Any = None,
+               shadowed: Optional[Sequence[str]] = None) -> SearchHits:
+        """Exact top-k over live rows; rows whose ids are in ``shadowed`` are skipped."""
+        with self._lock:
+            n = len(self._ids)
+            m = len(queries)
+            if n == 0:
+                return SearchHits.empty(m, k)
+            mask = ~self._deleted[:n]
+            if filter is not None:
+                mask &= filter.mask(self.metadata_table())
+            if shadowed:
+                for id_ in shadowed:
+                    row = self._row_of.get(id_)
+                    if row is not None:
+                        mask[row] = False
+            vectors = self._vectors[:n]
+            lsns = self._lsns[:n].copy()
+            ids = np.array(self._ids, dtype=object)
+        pos, dist = exact_topk(queries, vectors, k, self.metric, mask)
+        valid = pos >= 0
+        safe = np.where(valid, pos, 0)
+        hits = SearchHits.empty(m, k)
+        hits.ids[valid] = ids[safe][valid]
+        hits.distances[:] = dist
+        hits.lsns[valid] = lsns[safe][valid]
+        return hits
+
+    def ids(self) -> List[str]:
+        with self._lock:
+            return list(self._ids)
+
+    def metadata_types(self) -> Dict[str, str]:
+        """Key -> type name of the metadata values held here."""
+        out: Dict[str, str] = {}
+        with self._lock:
+            for meta in self._meta:
+                for key, value in (meta or {}).items():
+                    if value is not None and key not in out:
+                        out[key] = type(value).__name__
+        return out
+
+    # -- flush -----------------------------------------------------------------------------
+
+    def to_segment_rows(self) -> SegmentRows:
+        """Live rows and tombstones, for the storage engine (call on a frozen memtable)."""
+        with self._lock:
+            n = len(self._ids)
+            deleted = self._deleted[:n]
+            live = np.flatnonzero(~deleted)
+            dead = np.flatnonzero(deleted)
+            ids = [self._ids[i] for i in live]
+            return SegmentRows(
+                ids=ids,
+                vectors=np.ascontiguousarray(self._vectors[live]),
+                lsns=self._lsns[live].copy(),
+                metadata=[self._meta[i] for i in live],
+                deleted_ids=[self._ids[i] for i in dead],
+                deleted_lsns=self._lsns[dead].copy(),
+                max_lsn=int(self.max_lsn),
+            )

@@ -1,0 +1,291 @@
+"""The live state of one open collection: its WAL, memtables and store, and the data path.
+
+Write: validate (caller) → reserve ids and LSNs under the collection lock → WAL append →
+WAL sync outside the lock (so concurrent batches share fsyncs) → apply to the active memtable →
+acknowledge. Read: memtables newest first, then storage; newest LSN wins, tombstones hide.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .contracts import (OP_DELETE, OP_INSERT, CollectionInfo, CollectionState, CollectionStore,
+                        CollectionWal, SearchHits, StoredRecord, WalBatch)
+from .errors import DuplicateId
+from .memtable import Memtable
+from .validation import check_metadata
+
+__all__ = ["CollectionRuntime"]
+
+#: Bytes a row costs in a memtable beyond its vector, used to reserve memory before a write.
+ROW_OVERHEAD_ESTIMATE = 9 + 80 + 100
+
+
+class CollectionRuntime:
+    """One collection's data path. Thread-safe; owned by a :class:`~proxistore.database.Database`."""
+
+    def __init__(self, db: Any, info: CollectionInfo, settings: Mapping[str, Mapping[str, Any]],
+                 wal: CollectionWal, store: CollectionStore) -> None:
+        self.db = db
+        self.info = info
+        self.name = info.name
+        self.dim = info.dim
+        self.metric = info.metric
+        self.settings = settings              # {"flush": {policy: {...}}, "storage": {engine: {...}}}
+        self.wal = wal
+        self.store = store
+        self._cond = threading.Condition(threading.RLock())
+        self.memtables: List[Memtable] = [Memtable(self.dim, self.metric)]   # newest first
+        self.flush_lock = threading.Lock()
+        self.flushing = False
+        self._freezing = False
+        self._inflight = 0
+        self._pending: Dict[str, Tuple[int, bool]] = {}
+        self._meta_types: Dict[str, str] = dict(store.metadata_types())
+        self.live_count = store.count()
+        self.recovery: Dict[str, Any] = {}
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def replay(self) -> Tuple[int, int]:
+        """Re-apply WAL batches above the store's flushed LSN; returns (batches, max LSN seen)."""
+        flushed = self.store.flushed_lsn
+        batches = 0
+        max_lsn = flushed
+        for batch in self.wal.replay(flushed):
+            if batch.last_lsn <= flushed:
+                continue
+            states = self._states(batch.ids)
+            self._note_metadata_types(batch)
+            self.memtables[0].apply(batch)
+            self.live_count += self._count_delta(batch.op, batch.ids, states)
+            batches += 1
+            max_lsn = max(max_lsn, batch.last_lsn)
+        return batches, max_lsn
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(self, op: str, ids: List[str], vectors: Optional[np.ndarray],
+              metadata: Optional[Sequence[Any]]) -> int:
+        """Durably apply one batch and return its first LSN (the acknowledgement)."""
+        reserve = len(ids) * ((self.dim * 4 if vectors is not None else 0) + ROW_OVERHEAD_ESTIMATE)
+        self.db.admission.admit(reserve, self.name)
+        try:
+            with self._cond:
+                while self._freezing:
+                    self._cond.wait()
+                states = self._states(ids)
+                if op == OP_INSERT:
+                    existing = [i for i in ids if states[i]]
+                    if existing:
+                        raise DuplicateId(f"insert of ids that already exist in collection {self.name!r}: "
+                                          f"{existing[:5]}{' ...' if len(existing) > 5 else ''}; use upsert "
+                                          f"to replace them")
+                if metadata is not None:
+                    metadata = check_metadata(metadata, len(ids), self._meta_types)
+                first = self.db.allocate_lsns(len(ids))
+                batch = WalBatch(op, first, ids, vectors, metadata, time.time())
+                token = self.wal.append(batch)
+                self._note_metadata_types(batch)
+                for i, id_ in enumerate(ids):
+                    self._pending[id_] = (first + i, op != OP_DELETE)
+                self._inflight += 1
+            try:
+                self.wal.sync(token)
+            except BaseException:
+                with self._cond:
+                    self._unpend(batch)
+                    self._inflight -= 1
+                    self._cond.notify_all()
+                raise
+            with self._cond:
+                self.memtables[0].apply(batch)
+                self.live_count += self._count_delta(op, ids, states)
+                self._unpend(batch)
+                self._inflight -= 1
+                self._cond.notify_all()
+        finally:
+            self.db.admission.release(reserve)
+        self.db.maintenance.wake()
+        return first
+
+    def _unpend(self, batch: WalBatch) -> None:
+        for i, id_ in enumerate(batch.ids):
+            entry = self._pending.get(id_)
+            if entry is not None and entry[0] == batch.first_lsn + i:
+                del self._pending[id_]
+
+    def _states(self, ids: Sequence[str]) -> Dict[str, bool]:
+        """Whether each id currently has a live version (pending, memtables, then storage)."""
+        out: Dict[str, bool] = {}
+        rest: List[str] = []
+        memtables = self.memtables
+        for id_ in ids:
+            entry = self._pending.get(id_)
+            if entry is not None:
+                out[id_] = entry[1]
+                continue
+            for mt in memtables:
+                found = mt.lookup(id_)
+                if found is not None:
+                    out[id_] = found[1]
+                    break
+            else:
+                rest.append(id_)
+        if rest:
+            stored = self.store.existing(rest)
+            for id_ in rest:
+                out[id_] = id_ in stored
+        return out
+
+    @staticmethod
+    def _count_delta(op: str, ids: Sequence[str], states: Mapping[str, bool]) -> int:
+        if op == OP_DELETE:
+            return -sum(1 for i in ids if states[i])
+        return sum(1 for i in ids if not states[i])
+
+    def _note_metadata_types(self, batch: WalBatch) -> None:
+        for meta in batch.metadata or ():
+            for key, value in (meta or {}).items():
+                if value is not None and key not in self._meta_types:
+                    self._meta_types[key] = type(value).__name__
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str]) -> List[Optional[StoredRecord]]:
+        memtables = self.memtables
+        found: Dict[str, Optional[StoredRecord]] = {}
+        rest = []
+        for id_ in ids:
+            for mt in memtables:
+                hit = mt.lookup(id_)
+                if hit is not None:
+                    found[id_] = mt.get(id_) if hit[1] else None
+                    break
+            else:
+                rest.append(id_)
+        if rest:
+            stored = self.store.get(rest)
+            for id_ in rest:
+                found[id_] = stored.get(id_)
+        return [found[i] for i in ids]
+
+    def search(self, queries: np.ndarray, k: int, filter: Any = None, ef: Optional[int] = None) -> SearchHits:
+        """Top-k over memtables and storage: newest version wins, deleted ids never appear."""
+        memtables = list(self.memtables)          # snapshot before the store: see module doc
+        m = len(queries)
+        parts: List[SearchHits] = []
+        newer: List[str] = []
+        for mt in memtables:
+            parts.append(mt.search(queries, k, filter=filter, shadowed=newer))
+            newer = newer + mt.ids() if len(memtables) > 1 else newer
+        parts.append(self._search_store(queries, k, filter, ef, memtables))
+        return _merge(parts, m, k)
+
+    def _search_store(self, queries: np.ndarray, k: int, filter: Any, ef: Optional[int],
+                      memtables: List[Memtable]) -> SearchHits:
+        """Storage hits not superseded by a memtable row; fetches deeper when some were dropped."""
+        fetch = k
+        total = self.store.count()
+        while True:
+            hits = self.store.search(queries, fetch, filter=filter, ef=ef)
+            dropped = np.zeros(hits.ids.shape, dtype=bool)
+            if any(len(mt) for mt in memtables):
+                for (qi, j), id_ in np.ndenumerate(hits.ids):
+                    if id_ is None:
+                        continue
+                    for mt in memtables:
+                        found = mt.lookup(id_)
+                        if found is not None:
+                            if found[0] > hits.lsns[qi, j]:
+                                dropped[qi, j] = True
+                            break
+            if not dropped.any():
+                return hits
+            kept = (~dropped) & (hits.lsns >= 0)
+            if kept.sum(axis=1).min() >= k or fetch >= total:
+                hits.ids[dropped] = None
+                hits.distances[dropped] = np.inf
+                hits.lsns[dropped] = -1
+                return hits
+            fetch = min(total, fetch * 2)
+
+    def count(self) -> int:
+        return self.live_count
+
+    # -- flush support ---------------------------------------------------------------------
+
+    def memtable_bytes(self) -> Tuple[int, int]:
+        """(bytes of the active memtable, bytes of all memtables including frozen ones)."""
+        memtables = self.memtables
+        active = memtables[0].nbytes
+        return active, sum(m.nbytes for m in memtables)
+
+    def oldest_frozen(self) -> Optional[Memtable]:
+        memtables = self.memtables
+        return memtables[-1] if len(memtables) > 1 else None
+
+    def freeze(self) -> Optional[Memtable]:
+        """Make the active memtable immutable (after in-flight batches land) and rotate the WAL."""
+        with self._cond:
+            self._freezing = True
+            try:
+                while self._inflight:
+                    self._cond.wait()
+                active = self.memtables[0]
+                if len(active) == 0:
+                    return None
+                self.wal.rotate()
+                self.memtables = [Memtable(self.dim, self.metric)] + self.memtables
+                return active
+            finally:
+                self._freezing = False
+                self._cond.notify_all()
+
+    def drop_frozen(self, frozen: Memtable) -> None:
+        with self._cond:
+            self.memtables = [m for m in self.memtables if m is not frozen]
+
+    def state(self, now: float) -> CollectionState:
+        memtables = self.memtables
+        first = [m.first_write_at for m in memtables if m.first_write_at is not None]
+        return CollectionState(
+            name=self.name,
+            memtable_bytes=memtables[0].nbytes,
+            memtable_rows=sum(len(m) for m in memtables),
+            oldest_unflushed_age=(now - min(first)) if first else None,
+            wal_bytes=self.wal.size_bytes(),
+            flushing=self.flushing,
+            settings=self.settings["flush"],
+        )
+
+    def close(self) -> None:
+        self.wal.close()
+        self.store.close()
+
+
+def _merge(parts: List[SearchHits], m: int, k: int) -> SearchHits:
+    """Merge per-source top-k lists by distance, one entry per id (the newest LSN)."""
+    out = SearchHits.empty(m, k)
+    ids = np.concatenate([p.ids for p in parts], axis=1)
+    dists = np.concatenate([p.distances for p in parts], axis=1)
+    lsns = np.concatenate([p.lsns for p in parts], axis=1)
+    order = np.argsort(dists, axis=1, kind="stable")
+    for qi in range(m):
+        seen = set()
+        j = 0
+        for col in order[qi]:
+            id_ = ids[qi, col]
+            if id_ is None or id_ in seen:
+                continue
+            seen.add(id_)
+            out.ids[qi, j] = id_
+            out.distances[qi, j] = dists[qi, col]
+            out.lsns[qi, j] = lsns[qi, col]
+            j += 1
+            if j == k:
+                break
+    return out
