@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -380,15 +381,17 @@ def render_toml(cfg: EffectiveConfig) -> str:
     for section, sub, spec, values in _sections(cfg):
         lines.append(f"[{section}{'.' + sub if sub else ''}]")
         if spec is not None:
-            lines.append(f"# {KIND_LABELS[spec.kind]} '{spec.name}': {spec.description}".rstrip(": "))
+            lines.extend("# " + line for line in textwrap.wrap(
+                f"{KIND_LABELS[spec.kind]} '{spec.name}': {spec.description}".rstrip(": "), 98))
         keys = CORE_KEYS[section] if spec is None else spec.keys
         prefix = f"{section}.{sub}" if sub else section
         for key in keys:
             row = by_path[f"{prefix}.{key.name}"]
-            note = key.help + (f" Unit: {key.unit}." if key.unit else "")
+            note = key.help.rstrip()
+            note += ("" if note.endswith(".") else ".") + (f" Unit: {key.unit}." if key.unit else "")
             if key.threshold:
                 note += " Threshold enforced by " + row.component + "."
-            lines.append(f"# {note}")
+            lines.extend("# " + line for line in textwrap.wrap(note, 98))
             lines.append(f"{key.name} = {_toml_value(key, values[key.name])}")
         lines.append("")
     return "\n".join(lines)

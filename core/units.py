@@ -16,7 +16,7 @@ _SIZE_UNITS = {
     "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
 }
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_NUMBER_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
+_NUMBER_UNIT = re.compile(r"^\s*(-?)\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
 class UnitError(ValueError):
@@ -36,9 +36,11 @@ def parse_size(value: Union[str, int]) -> int:
     m = _NUMBER_UNIT.match(value)
     if not m:
         raise UnitError(f"cannot read size {value!r}: expected a number and a unit ({_size_units()})")
-    number, unit = m.group(1), m.group(2).lower() or "b"
+    sign, number, unit = m.group(1), m.group(2), m.group(3).lower() or "b"
     if unit not in _SIZE_UNITS:
-        raise UnitError(f"unknown size unit {m.group(2)!r} in {value!r}: use one of {_size_units()}")
+        raise UnitError(f"unknown size unit {m.group(3)!r} in {value!r}: use one of {_size_units()}")
+    if sign:
+        raise UnitError(f"a size cannot be negative: {value!r}")
     result = float(number) * _SIZE_UNITS[unit]
     if result != int(result):
         raise UnitError(f"size {value!r} is not a whole number of bytes")
@@ -59,11 +61,13 @@ def parse_duration(value: Union[str, int, float]) -> float:
     if not m:
         raise UnitError(f"cannot read duration {value!r}: expected a number and a unit "
                         f"({', '.join(_DURATION_UNITS)})")
-    unit = m.group(2).lower() or "s"
+    sign, number, unit = m.group(1), m.group(2), m.group(3).lower() or "s"
     if unit not in _DURATION_UNITS:
-        raise UnitError(f"unknown duration unit {m.group(2)!r} in {value!r}: use one of "
+        raise UnitError(f"unknown duration unit {m.group(3)!r} in {value!r}: use one of "
                         f"{', '.join(_DURATION_UNITS)}")
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+    if sign:
+        raise UnitError(f"a duration cannot be negative: {value!r}")
+    return float(number) * _DURATION_UNITS[unit]
 
 
 def format_size(n: int) -> str:
