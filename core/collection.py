@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .contracts import OP_DELETE, OP_INSERT, OP_UPSERT
+from .errors import InvalidArgument, InvalidVector
 from .filters import compile_filter
 from .validation import check_ids, check_k, check_queries, check_vectors
 
@@ -101,7 +102,6 @@ class Collection:
         rt = self._rt()
         q = check_queries(query, rt.dim)
         if len(q) != 1:
-            from .errors import InvalidVector
             raise InvalidVector(f"search takes one query, got {len(q)}; use search_batch")
         hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
         ids = [i for i in hits.ids[0] if i is not None]
@@ -121,9 +121,6 @@ class Collection:
 def _check_ef(ef: Any) -> Optional[int]:
     if ef is None:
         return None
-    from .validation import check_k as _positive
-    try:
-        return _positive(ef)
-    except ValueError:
-        from .errors import InvalidArgument
-        raise InvalidArgument(f"ef must be a positive integer, got {ef!r}") from None
+    if isinstance(ef, bool) or not isinstance(ef, (int, np.integer)) or ef <= 0:
+        raise InvalidArgument(f"ef must be a positive integer, got {ef!r}")
+    return int(ef)

@@ -277,6 +277,11 @@ class Database:
         except Exception:  # observer hooks are third-party code: log, never break the data path
             log.exception("observer hook %s failed", hook_name)
 
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no background flush or compaction is running; False on timeout."""
+        self._check_open()
+        return self.maintenance.wait_idle(timeout)
+
     # -- stats -----------------------------------------------------------------------------
 
     def stats(self) -> Dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .contracts import OP_DELETE, SearchHits, SegmentRows, StoredRecord, WalBatch
 from .distance import exact_topk
+from .filters import metadata_table
 
 __all__ = ["Memtable"]
 
@@ -62,8 +63,12 @@ class Memtable:
         used = len(self._ids)
         return self.nbytes + (cap - used) * (self.dim * 4 + 9)
 
-    def apply(self, batch: WalBatch) -> None:
-        """Apply a batch; per id, the newest LSN wins whatever the order of application."""
+    def apply(self, batch: WalBatch, written_at: Optional[float] = None) -> None:
+        """Apply a batch; per id, the newest LSN wins whatever the order of application.
+
+        ``written_at`` (a ``time.monotonic()`` value) dates a replayed batch to when it was first
+        written, so that age-based flush policies keep counting across a restart.
+        """
         with self._lock:
             n = len(batch.ids)
             self._reserve(len(self._ids) + n)
@@ -95,8 +100,10 @@ class Memtable:
                 self._row_bytes[row] = size
                 if lsn > self.max_lsn:
                     self.max_lsn = lsn
-            if self.first_write_at is None and self._ids:
-                self.first_write_at = time.monotonic()
+            if self._ids:
+                at = time.monotonic() if written_at is None else written_at
+                if self.first_write_at is None or at < self.first_write_at:
+                    self.first_write_at = at
             self._meta_table = None
 
     def _reserve(self, rows: int) -> None:
@@ -133,11 +140,9 @@ class Memtable:
 
     def metadata_table(self):
         """The rows' metadata as a pyarrow table (absent keys are null), for filter evaluation."""
-        import pyarrow as pa
-
         with self._lock:
             if self._meta_table is None or self._meta_table.num_rows != len(self._ids):
-                self._meta_table = pa.Table.from_pylist([m or {} for m in self._meta])
+                self._meta_table = metadata_table(self._meta)
             return self._meta_table
 
     def search(self, queries: np.ndarray, k: int, *, filter: Any = None,
@@ -171,16 +176,6 @@ class Memtable:
     def ids(self) -> List[str]:
         with self._lock:
             return list(self._ids)
-
-    def metadata_types(self) -> Dict[str, str]:
-        """Key -> type name of the metadata values held here."""
-        out: Dict[str, str] = {}
-        with self._lock:
-            for meta in self._meta:
-                for key, value in (meta or {}).items():
-                    if value is not None and key not in out:
-                        out[key] = type(value).__name__
-        return out
 
     # -- flush -----------------------------------------------------------------------------
 

@@ -60,7 +60,8 @@ class CollectionRuntime:
                 continue
             states = self._states(batch.ids)
             self._note_metadata_types(batch)
-            self.memtables[0].apply(batch)
+            age = max(0.0, time.time() - batch.timestamp) if batch.timestamp else 0.0
+            self.memtables[0].apply(batch, written_at=time.monotonic() - age)
             self.live_count += self._count_delta(batch.op, batch.ids, states)
             batches += 1
             max_lsn = max(max_lsn, batch.last_lsn)

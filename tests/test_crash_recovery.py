@@ -74,7 +74,7 @@ while time.time() < deadline:
     if s["memtable"]["active_bytes"] < 1_000_000 and not db.maintenance.stats()["flushing"]:
         break
     time.sleep(0.05)
-db.maintenance.wait_idle()
+db.wait_idle()
 print(json.dumps(db.stats()["collections"]["incident"]), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -82,9 +82,9 @@ def test_third_party_policy_is_listed_configured_and_enforced(wheel_venv, tmp_pa
             for b in range(20):
                 c.insert([f"{{b}}-{{i}}" for i in range(10)], np.random.rand(10, 4))
                 time.sleep(0.01)
-            db.maintenance.wait_idle()
+            db.wait_idle()
             time.sleep(0.3)
-            db.maintenance.wait_idle()
+            db.wait_idle()
             s = db.stats()["collections"]["c"]
             print(json.dumps({{"by_policy": s["flushes"]["by_policy"], "mem_rows": s["memtable"]["rows"],
                                "count": c.count(), "why": db.why("c")}}))

@@ -6,16 +6,7 @@ implementation; every behavioural check of the contract is inherited.
 Requires pytest (``pip install proxistore[test]``).
 """
 from .flush import FlushPolicyContract
+from .storage import StorageEngineContract
+from .wal import WalStrategyContract
 
-__all__ = ["FlushPolicyContract"]
-
-try:  # the WAL and storage suites live beside this one
-    from .wal import WalStrategyContract  # noqa: F401
-    __all__.append("WalStrategyContract")
-except ImportError:  # pragma: no cover - during development before they exist
-    pass
-try:
-    from .storage import StorageEngineContract  # noqa: F401
-    __all__.append("StorageEngineContract")
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["FlushPolicyContract", "StorageEngineContract", "WalStrategyContract"]

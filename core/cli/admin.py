@@ -1,0 +1,217 @@
+"""Operator commands: ``flush``, ``compact`` and ``stats`` (with ``--why``).
+
+Why they exist: the failure this project was born from was a flush threshold that nothing
+enforced and nobody could see. ``flush`` says what it wrote and which policy asked for it,
+``stats`` shows each collection's memtable, WAL, segments and flush history with reasons, and
+``stats --why NAME`` answers "why has this not flushed yet?" threshold by threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from proxistore.config import EffectiveConfig
+
+from .common import FlushRecorder, UsageError, open_database
+from .output import Output, fmt_bytes, fmt_seconds, fmt_value, shorten
+
+__all__ = ["cmd_flush", "cmd_compact", "cmd_stats", "flush_line", "threshold_units", "flush_counts"]
+
+
+# ------------------------------------------------------------------------------------------------
+# describing flushes
+# ------------------------------------------------------------------------------------------------
+
+def threshold_units(cfg: EffectiveConfig) -> Dict[Tuple[str, str], Optional[str]]:
+    """``(policy, key) -> unit`` for every flush threshold, from the config's own declarations."""
+    units: Dict[Tuple[str, str], Optional[str]] = {}
+    for row in cfg.explain():
+        parts = row.path.split(".")
+        if len(parts) == 3 and parts[0] == "flush":
+            units[(parts[1], parts[2])] = row.unit
+    return units
+
+
+def flush_reason(reason: Mapping[str, Any], units: Mapping[Tuple[str, str], Optional[str]]) -> str:
+    """``size: memory_flush_size_bytes = 1.00 MB crossed, measured 1.01 MB`` (or the detail)."""
+    policy, key = reason.get("policy"), reason.get("key")
+    if key is None:
+        return f"{policy}: {reason.get('detail') or 'requested'}"
+    unit = units.get((policy, key))
+    text = (f"{policy}: {key} = {fmt_value(reason.get('threshold'), unit)} crossed, "
+            f"measured {fmt_value(reason.get('measured'), unit)}")
+    return text + (f" ({reason['detail']})" if reason.get("detail") else "")
+
+
+def flush_line(ev: Mapping[str, Any], units: Mapping[Tuple[str, str], Optional[str]]) -> str:
+    """One flush event as one line: reason, rows, segment, bytes, total and per-phase seconds."""
+    why = flush_reason(ev["reason"], units)
+    if ev.get("error"):
+        return f"flush of {ev['collection']} FAILED (attempt {ev.get('attempt', 1)}; {why}): {ev['error']}"
+    what = f"{ev['rows']:,} rows"
+    if ev.get("deletes"):
+        what += f" + {ev['deletes']:,} deletes"
+    seg = f"segment {ev['segment']} ({fmt_bytes(ev.get('bytes'))})" if ev.get("segment") else "no new segment"
+    phases = ", ".join(f"{name} {fmt_seconds(sec)}" for name, sec in (ev.get("phases") or {}).items())
+    return (f"flush {ev['collection']} [{why}] -> {what}, {seg} in {fmt_seconds(ev.get('seconds'))}"
+            + (f"; phases: {phases}" if phases else ""))
+
+
+def flush_counts(events: List[Mapping[str, Any]]) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for ev in events:
+        if not ev.get("error"):
+            counts[ev["reason"]["policy"]] = counts.get(ev["reason"]["policy"], 0) + 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------
+# flush and compact
+# ------------------------------------------------------------------------------------------------
+
+def cmd_flush(args: argparse.Namespace, out: Output) -> int:
+    """Flush one collection (or all) now, and print every flush that ran meanwhile, with its reason."""
+    recorder = FlushRecorder()
+    with open_database(args, recorder=recorder) as db:
+        units = threshold_units(db.config)
+        db.flush(args.collection)
+    events = recorder.drain()  # after close(): background flushes it waited for are included
+    result = {"collection": args.collection, "flushes": events}
+
+    def render() -> None:
+        if not events:
+            target = repr(args.collection) if args.collection else "any collection"
+            out.print(f"nothing to flush: the memtable of {target} is empty (everything is in segments)")
+        for ev in events:
+            out.print(flush_line(ev, units))
+    out.emit(result, render)
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace, out: Output) -> int:
+    """Compact one collection (or all) now: merge segments, drop deleted rows, build indexes."""
+    with open_database(args) as db:
+        results = db.compact(args.collection)
+    out.emit({"collection": args.collection, "compactions": results}, lambda: out.table(
+        ["collection", "segments in", "segments out", "rows in", "rows out", "time", "reason"],
+        [[r.get("collection"), r.get("segments_in"), r.get("segments_out"), r.get("rows_in"),
+          r.get("rows_out"), fmt_seconds(r.get("seconds")), r.get("reason", "")] for r in results],
+        right=("segments in", "segments out", "rows in", "rows out", "time"),
+        empty="nothing to compact"))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# stats
+# ------------------------------------------------------------------------------------------------
+
+def cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    """Database or collection statistics; ``--why NAME`` explains why NAME has not flushed."""
+    why = args.why
+    if why is True:  # `stats NAME --why`
+        if not args.collection:
+            raise UsageError("--why needs a collection: `stats --why NAME` or `stats NAME --why`")
+        why = args.collection
+    elif why and args.collection and why != args.collection:
+        raise UsageError(f"name the collection once: `stats --why {why}`")
+    with open_database(args) as db:
+        if why:
+            db.collection(why)  # CollectionNotFound names the collections that exist
+            return _why(db, why, out)
+        stats = db.stats()
+        if args.collection:
+            db.collection(args.collection)
+            units = threshold_units(db.config)
+            col = stats["collections"][args.collection]
+            out.emit(col, lambda: _render_collection(out, args.collection, col, units))
+            return 0
+    out.emit(stats, lambda: _render_database(out, stats))
+    return 0
+
+
+def _render_database(out: Output, s: Mapping[str, Any]) -> None:
+    out.print(f"database {s['path']}  (config {s['config']})")
+    out.print(f"WAL {s['wal_strategy']}, storage {s['storage_engine']}, flush policies: "
+              f"{', '.join(s['flush_policies'])}; all memtables: {fmt_bytes(s['memtable_bytes'])}")
+    rows = []
+    for name, c in sorted(s["collections"].items()):
+        fl = c["flushes"]
+        last = fl["last"][-1]["reason"]["text"] if fl.get("last") else ""
+        by = ", ".join(f"{p} {n}" for p, n in sorted(fl.get("by_policy", {}).items()))
+        rows.append([name, f"{c['rows']:,}", f"{c['memtable']['rows']:,}", fmt_bytes(c["memtable"]["bytes"]),
+                     fmt_bytes(c["wal"].get("bytes")), _count(c["storage"].get("segments")),
+                     f"{fl.get('total', 0)}" + (f" ({by})" if by else ""), shorten(last, 60)])
+    out.table(["collection", "rows", "unflushed rows", "memtable", "WAL", "segments",
+               "flushes this session", "last flush"], rows,
+              right=("rows", "unflushed rows", "memtable", "WAL", "segments"), empty="no collections")
+
+
+def _render_collection(out: Output, name: str, c: Mapping[str, Any], units: Mapping) -> None:
+    out.heading(f"collection {name}: {c['rows']:,} rows, dim {c['dim']}, {c['metric']}")
+    mt = c["memtable"]
+    out.table(["part", "values"], [
+        ["memtable", f"{mt['rows']:,} rows, {fmt_bytes(mt['bytes'])} ({mt['frozen']} frozen)"],
+        ["WAL", _pairs(c["wal"])],
+        ["storage", _pairs(c["storage"])],
+        ["recovery", _pairs(c.get("recovery") or {})],
+        ["overrides", json.dumps(c.get("overrides") or {})],
+    ])
+    fl = c["flushes"]
+    out.print(f"flushes since open: {fl.get('total', 0)} "
+              f"({', '.join(f'{p} {n}' for p, n in sorted(fl.get('by_policy', {}).items())) or 'none'}); "
+              f"failures: {fl.get('failures', 0)}" + (f"; last error: {fl['last_error']}" if fl.get("last_error") else ""))
+    for ev in (fl.get("last") or [])[-5:]:
+        out.print(flush_line(ev, units))
+    for comp in c.get("compactions") or []:
+        out.print(f"compaction: {_pairs(comp)}")
+
+
+def _why(db: Any, name: str, out: Output) -> int:
+    readings = db.why(name)
+    col = db.stats()["collections"][name]
+    mt = col["memtable"]
+    due = [r for r in readings if r["due"]]
+    result = {"collection": name, "memtable_rows": mt["rows"], "memtable_bytes": mt["bytes"],
+              "due": [f"{r['policy']}.{r['key']}" for r in due], "readings": readings}
+
+    def render() -> None:
+        out.table(["policy", "threshold key", "threshold", "measured now", "crossed"],
+                  [[r["policy"], r["key"] or "(no threshold: flushes on request)",
+                    fmt_value(r["threshold"], r["unit"]), fmt_value(r["measured"], r["unit"]),
+                    "yes" if r["due"] else "no"] for r in readings],
+                  title=f"why has {name!r} not flushed yet?")
+        if mt["rows"] == 0:
+            out.print(f"nothing to flush: the memtable of {name!r} is empty; every acknowledged row is in a segment")
+        elif due:
+            out.print(f"due now: {', '.join(result['due'])}; background maintenance starts the flush "
+                      f"within {fmt_seconds(db.config.maintenance['check_interval'])}")
+        else:
+            manual = "manual" in db.config.policies
+            out.print(f"{mt['rows']:,} rows ({fmt_bytes(mt['bytes'])}) wait in the memtable and the WAL because no "
+                      f"enabled threshold is crossed yet; "
+                      + (f"`proxistore flush {name}` flushes them now" if manual
+                         else "the manual policy is not enabled, so only a threshold will flush them"))
+        if mt["rows"] and any(r["unit"] == "seconds" for r in readings):
+            out.note("note: ages are counted from when this process opened the database; rows replayed "
+                     "from the WAL start a new clock")
+    out.emit(result, render)
+    return 0
+
+
+def _count(value: Any) -> Any:
+    return len(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def _pairs(d: Mapping[str, Any]) -> str:
+    """``key=value`` pairs, sizes and seconds made readable by their key names."""
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, float) and k.endswith("seconds"):
+            v = fmt_seconds(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and k.endswith("bytes"):
+            v = fmt_bytes(v)
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v, default=str) if len(json.dumps(v, default=str)) < 80 else f"<{len(v)} items>"
+        parts.append(f"{k}={v}")
+    return ", ".join(parts)
