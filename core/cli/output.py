@@ -19,8 +19,8 @@ from rich.text import Text
 
 __all__ = ["Output", "fmt_bytes", "fmt_seconds", "fmt_value", "shorten", "jsonable"]
 
-#: Width used when stdout is not a terminal (pipes, CI logs), unless COLUMNS says otherwise.
-PIPE_WIDTH = 160
+#: Least width used when stdout is not a terminal (pipes, CI logs); a larger COLUMNS wins.
+PIPE_WIDTH = 200
 
 
 class Output:
@@ -28,7 +28,8 @@ class Output:
 
     def __init__(self, json_mode: bool = False) -> None:
         self.json = json_mode
-        width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", PIPE_WIDTH))
+        # a pipe gets at least PIPE_WIDTH columns, so grep and logs see whole cells
+        width = None if sys.stdout.isatty() else max(PIPE_WIDTH, int(os.environ.get("COLUMNS", 0) or 0))
         # file=None: rich writes to whatever sys.stdout is at print time, so a live progress bar's
         # stdout redirection shows our lines above the bar instead of tearing it.
         self.out = Console(highlight=False, width=width, emoji=False)

@@ -89,7 +89,7 @@ class FlushPolicyContract:
 
     def test_declared_thresholds_are_enforced_when_crossed(self, policy, spec, parsed):
         thresholds = [k for k in spec.keys if k.threshold]
-        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=1), parsed)
+        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=HUGE), parsed)
         requests = policy.due(state)
         if not thresholds:
             return
@@ -105,11 +105,11 @@ class FlushPolicyContract:
             assert r.measured is not None and r.threshold is not None
 
     def test_a_collection_already_flushing_is_not_requested_again(self, policy, parsed):
-        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=1, flushing=True), parsed)
+        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=HUGE, flushing=True), parsed)
         assert policy.due(state) == []
 
     def test_readings_cover_declared_thresholds_only(self, policy, spec, parsed):
-        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=1), parsed)
+        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=HUGE), parsed)
         declared = {k.name for k in spec.keys}
         for reading in policy.readings(state, "c"):
             assert isinstance(reading, ThresholdReading)
