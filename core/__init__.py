@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 from . import errors
 from .collection import Collection, Hit, Record

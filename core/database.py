@@ -21,12 +21,12 @@ from .admission import Admission
 from .catalog import Catalog
 from .collection import Collection
 from .config import EffectiveConfig, load_config, validate_collection_overrides
-from .contracts import CompactionResult, DatabaseState, FlushRequest
-from .errors import (CollectionExists, CollectionNotFound, DatabaseClosed, FlushError,
-                     PolicyNotEnabled, ProxistoreError)
+from .contracts import CompactionResult, DatabaseState
+from .errors import (CollectionExists, CollectionNotFound, DatabaseClosed, PolicyNotEnabled,
+                     ProxistoreError)
 from .events import CompactionEvent, RecoveryEvent
 from .fileio import FileSystem, default_filesystem
-from .flush import FlushLog, run_flush
+from .flush import FlushLog, drain, freeze_for
 from .lock import DirectoryLock
 from .maintenance import Maintenance
 from .registry import Registry, get_registry
@@ -222,13 +222,11 @@ class Database:
 
     # -- flush and compaction --------------------------------------------------------------
 
-    def run_flush(self, rt: CollectionRuntime, request: FlushRequest, attempt: int = 1):
-        return run_flush(rt, request, self.registry.hook, self.flush_logs[rt.name], attempt)
-
     def flush(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
         """Flush one collection (or all) now; returns once data is in storage and the WAL truncated.
 
-        Answered by the enabled policy that takes explicit requests (``manual``).
+        Answered by the enabled policy that takes explicit requests (``manual``). Returns the
+        flushes this call performed, each with its reason.
         """
         self._check_open()
         names = [self._runtime(name).name] if name is not None else self.collections()
@@ -241,14 +239,8 @@ class Database:
                 raise PolicyNotEnabled(f"no enabled flush policy answers explicit flush requests; add "
                                        f"'manual' to flush.policies (enabled: {self.config.policies})",
                                        key="flush.policies", file=self.config.source)
-            while True:  # a frozen memtable left by a failed background flush goes first
-                event = self.run_flush(rt, request)
-                if event is not None:
-                    done.append(event.to_dict())
-                if rt.oldest_frozen() is None and len(rt.memtables[0]) == 0:
-                    break
-                if event is None:
-                    break
+            freeze_for(rt, request)
+            done += [e.to_dict() for e in drain(rt, self.registry.hook, self.flush_logs[n])]
         return done
 
     def compact(self, name: Optional[str] = None) -> List[Dict[str, Any]]:

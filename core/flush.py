@@ -1,23 +1,27 @@
-"""One flush of one collection, each phase timed and the reason recorded.
+"""Flushing one collection: freeze now, write in order, each flush timed and explained.
 
-freeze memtable (and rotate the WAL) → storage writes a segment and commits its manifest with the
-flushed LSN → WAL checkpoint deletes what that LSN covers → the frozen memtable is dropped.
-A failure at any step keeps the frozen memtable (still searchable) and the WAL; the next attempt
-resumes with the same frozen memtable.
+When a policy says a collection is due, its active memtable is frozen at once (cheap: the WAL
+rotates and a new memtable takes writes) and tagged with the reason. A worker then drains the
+frozen memtables oldest first, one segment each: storage writes the segment and commits its
+manifest with the flushed LSN → the WAL checkpoint deletes what that LSN covers → the frozen
+memtable is dropped. Freezing does not wait for a running flush, so segments stay close to the
+threshold that triggered them even under fast ingest. A failure keeps the frozen memtable (still
+searchable) and the WAL; the next attempt resumes with the same memtable.
 """
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter, deque
-from typing import Any, Deque, Optional
+from typing import Any, Deque, List, Optional
 
 from .contracts import FlushRequest
 from .errors import FlushError
 from .events import FlushEvent
+from .memtable import Memtable
 from .runtime import CollectionRuntime
 
-__all__ = ["FlushLog", "run_flush"]
+__all__ = ["FlushLog", "freeze_for", "drain"]
 
 log = logging.getLogger("proxistore.flush")
 
@@ -38,26 +42,37 @@ class FlushLog:
                 "last": [e.to_dict() for e in self.recent]}
 
 
-def run_flush(rt: CollectionRuntime, request: FlushRequest, hook: Any, flush_log: FlushLog,
-              attempt: int = 1) -> Optional[FlushEvent]:
-    """Flush ``rt`` for ``request``; returns the event, or None when there was nothing to flush."""
+def freeze_for(rt: CollectionRuntime, request: FlushRequest) -> Optional[Memtable]:
+    """Freeze ``rt``'s active memtable for ``request``; None when it is empty."""
+    started = time.perf_counter()
+    frozen = rt.freeze()
+    if frozen is not None:
+        frozen.flush_reason = request
+        frozen.freeze_seconds = time.perf_counter() - started
+    return frozen
+
+
+def drain(rt: CollectionRuntime, hook: Any, flush_log: FlushLog) -> List[FlushEvent]:
+    """Flush every frozen memtable of ``rt``, oldest first; raises FlushError on the first failure."""
+    events = []
     with rt.flush_lock:
         rt.flushing = True
         try:
-            return _flush(rt, request, hook, flush_log, attempt)
+            while True:
+                frozen = rt.oldest_frozen()
+                if frozen is None:
+                    return events
+                events.append(_flush(rt, frozen, hook, flush_log))
         finally:
             rt.flushing = False
 
 
-def _flush(rt: CollectionRuntime, request: FlushRequest, hook: Any, flush_log: FlushLog,
-           attempt: int) -> Optional[FlushEvent]:
+def _flush(rt: CollectionRuntime, frozen: Memtable, hook: Any, flush_log: FlushLog) -> FlushEvent:
+    request = frozen.flush_reason
     started = time.perf_counter()
-    event = FlushEvent(collection=rt.name, reason=request, started_at=time.time(), attempt=attempt)
-    t = time.perf_counter()
-    frozen = rt.oldest_frozen() or rt.freeze()
-    event.phases["freeze"] = time.perf_counter() - t
-    if frozen is None:
-        return None
+    event = FlushEvent(collection=rt.name, reason=request, started_at=time.time(),
+                       attempt=flush_log.consecutive_failures + 1)
+    event.phases["freeze"] = frozen.freeze_seconds
     _fire(hook.proxistore_flush_started, event)
     try:
         rows = frozen.to_segment_rows()
@@ -73,7 +88,7 @@ def _flush(rt: CollectionRuntime, request: FlushRequest, hook: Any, flush_log: F
         flush_log.consecutive_failures += 1
         flush_log.last_error = event.error
         log.error("flush of %s failed (attempt %d, %s); memtable and WAL kept: %s",
-                  rt.name, attempt, request.describe(), event.error)
+                  rt.name, event.attempt, request.describe(), event.error)
         _fire(hook.proxistore_flush_finished, event)
         raise FlushError(f"flush of collection {rt.name!r} failed: {event.error}") from exc
     rt.drop_frozen(frozen)

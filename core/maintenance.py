@@ -1,8 +1,9 @@
 """Background maintenance: the thing that enforces the flush policies.
 
 Started by ``open()`` and stopped by ``close()``. A scheduler thread wakes after every write and
-every ``check_interval``, asks each enabled policy which collections are due and why, and hands
-each flush to a worker thread (off the write path). It also lets the storage engine do its own
+every ``check_interval``, asks each enabled policy which collections are due and why, freezes
+their active memtables at once, and hands the writing of segments to worker threads (off the
+write path). It also lets the storage engine do its own
 background work (index builds, compaction). A failed flush is retried with exponential back-off;
 the data stays in the memtable and the WAL until a flush succeeds.
 """
@@ -12,10 +13,11 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set
+from typing import Any, Dict, List, Mapping, Optional, Set
 
-from .contracts import DatabaseState, FlushPolicy, FlushRequest
+from .contracts import FlushPolicy
 from .errors import CloseTimeout, FlushError
+from .flush import drain, freeze_for
 
 __all__ = ["Maintenance"]
 
@@ -69,40 +71,45 @@ class Maintenance:
                 self.errors.append("tick failed")
 
     def tick(self) -> None:
-        """Ask every policy once and start what is due."""
+        """Ask every policy once, freeze what is due, and start draining what is frozen."""
         self.ticks += 1
         state = self.db.database_state()
         now = time.monotonic()
         seen: Set[str] = set()
         for policy in self.policies:
             for request in policy.due(state):
-                if request.collection in seen:
+                name = request.collection
+                if name in seen or self._retry_at.get(name, 0.0) > now:
                     continue
-                seen.add(request.collection)
-                self.submit_flush(request, now)
+                seen.add(name)
+                rt = self.db.runtime_or_none(name)
+                if rt is not None:
+                    freeze_for(rt, request)
+        for rt in self.db.runtimes():
+            if rt.oldest_frozen() is not None:
+                self.submit_drain(rt.name, now)
         self._submit_storage_work()
 
-    def submit_flush(self, request: FlushRequest, now: Optional[float] = None) -> Optional[Future]:
+    def submit_drain(self, name: str, now: Optional[float] = None) -> Optional[Future]:
+        """Start a worker flushing ``name``'s frozen memtables, unless one runs or a retry waits."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            name = request.collection
             running = self._running.get(name)
             if running is not None and not running.done():
                 return None
             if self._retry_at.get(name, 0.0) > now:
                 return None
-            future = self._pool.submit(self._flush_job, request)
+            future = self._pool.submit(self._drain_job, name)
             self._running[name] = future
             return future
 
-    def _flush_job(self, request: FlushRequest) -> None:
-        name = request.collection
+    def _drain_job(self, name: str) -> None:
         rt = self.db.runtime_or_none(name)
         if rt is None:
             return
         flush_log = self.db.flush_logs[name]
         try:
-            self.db.run_flush(rt, request, attempt=flush_log.consecutive_failures + 1)
+            drain(rt, self.db.registry.hook, flush_log)
         except FlushError as exc:
             delay = min(self.max_backoff, self.initial_backoff * (2 ** (flush_log.consecutive_failures - 1)))
             with self._lock:
@@ -111,7 +118,7 @@ class Maintenance:
             return
         with self._lock:
             self._retry_at.pop(name, None)
-        self.wake()  # memory freed or more may be due
+        self.wake()  # memory freed, or more may be due or frozen meanwhile
 
     def _submit_storage_work(self) -> None:
         for rt in self.db.runtimes():

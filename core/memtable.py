@@ -50,6 +50,8 @@ class Memtable:
         self.nbytes = 0
         self.max_lsn = 0
         self.first_write_at: Optional[float] = None  # time.monotonic() of the oldest row
+        self.flush_reason: Any = None   # the FlushRequest it was frozen for
+        self.freeze_seconds = 0.0
         self._meta_table = None  # cached pyarrow table of metadata, rebuilt after writes
 
     # -- writes ----------------------------------------------------------------------------

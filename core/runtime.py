@@ -251,15 +251,16 @@ class CollectionRuntime:
             self.memtables = [m for m in self.memtables if m is not frozen]
 
     def state(self, now: float) -> CollectionState:
+        """What policies see: the active memtable (frozen ones are already on their way)."""
         memtables = self.memtables
-        first = [m.first_write_at for m in memtables if m.first_write_at is not None]
+        active = memtables[0]
         return CollectionState(
             name=self.name,
-            memtable_bytes=memtables[0].nbytes,
-            memtable_rows=sum(len(m) for m in memtables),
-            oldest_unflushed_age=(now - min(first)) if first else None,
+            memtable_bytes=active.nbytes,
+            memtable_rows=len(active),
+            oldest_unflushed_age=(now - active.first_write_at) if active.first_write_at is not None else None,
             wal_bytes=self.wal.size_bytes(),
-            flushing=self.flushing,
+            flushing=self.flushing or len(memtables) > 1,
             settings=self.settings["flush"],
         )
 

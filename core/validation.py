@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
@@ -124,6 +124,9 @@ def check_queries(queries: Any, dim: int) -> np.ndarray:
 def check_metadata(metadata: Any, n: int, types: Mapping[str, str]) -> Optional[List[Optional[Dict[str, Any]]]]:
     """Metadata as ``n`` dicts (or None) of scalar values whose types agree with ``types``.
 
+    Normalised as storage keeps it: null values are dropped and an empty dict becomes None, so a
+    record reads the same before and after a flush.
+
     ``types`` (key -> type name already used in the collection) is not modified.
     """
     if metadata is None:
@@ -150,8 +153,7 @@ def check_metadata(metadata: Any, n: int, types: Mapping[str, str]) -> Optional[
             if not isinstance(key, str) or not key:
                 raise InvalidMetadata(f"metadata[{i}] has key {key!r}; keys must be non-empty strings")
             if value is None:
-                clean[key] = None
-                continue
+                continue  # a null value and an absent key are the same thing in storage
             tname = METADATA_TYPES.get(type(value))
             if tname is None:
                 try:
@@ -168,7 +170,7 @@ def check_metadata(metadata: Any, n: int, types: Mapping[str, str]) -> Optional[
                                       f"values in this collection")
             seen.setdefault(key, tname)
             clean[key] = value
-        out.append(clean)
+        out.append(clean or None)
     return out
 
 

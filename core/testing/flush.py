@@ -104,10 +104,6 @@ class FlushPolicyContract:
             assert r.key in {k.name for k in spec.keys}, f"request names undeclared key {r.key!r}"
             assert r.measured is not None and r.threshold is not None
 
-    def test_a_collection_already_flushing_is_not_requested_again(self, policy, parsed):
-        state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=HUGE, flushing=True), parsed)
-        assert policy.due(state) == []
-
     def test_readings_cover_declared_thresholds_only(self, policy, spec, parsed):
         state = self._with_settings(self.state(parsed, "c", measure=HUGE, rows=HUGE), parsed)
         declared = {k.name for k in spec.keys}

@@ -1,4 +1,9 @@
-"""A policy that compares one per-collection measure with one per-collection threshold."""
+"""A policy that compares one per-collection measure with one per-collection threshold.
+
+Measures of the active memtable (size, age) may fire while an earlier flush of the same collection
+is still running: the core freezes the active memtable and queues it. Measures that the running
+flush will bring down (WAL bytes) wait for it (``skip_flushing``).
+"""
 from __future__ import annotations
 
 from typing import Any, List
@@ -12,6 +17,8 @@ class PerCollectionThreshold(FlushPolicy):
 
     key: str = ""
     unit: str = ""
+    #: skip collections with a flush under way (for measures that flush will bring down)
+    skip_flushing: bool = False
 
     def measure(self, state: DatabaseState, col: CollectionState) -> Any:  # pragma: no cover
         raise NotImplementedError
@@ -25,7 +32,7 @@ class PerCollectionThreshold(FlushPolicy):
     def due(self, state: DatabaseState) -> List[FlushRequest]:
         out = []
         for col in state.collections.values():
-            if col.flushing or col.memtable_rows == 0:
+            if col.memtable_rows == 0 or (self.skip_flushing and col.flushing):
                 continue
             measured, threshold = self.measure(state, col), self.threshold(col)
             if self.crossed(measured, threshold):

@@ -1,0 +1,56 @@
+"""Durable file writes of the engine, all through the core's FileSystem seam."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, List
+
+from proxistore.errors import StorageError
+from proxistore.fileio import FileSystem
+
+__all__ = ["write_file", "fsync_dir", "remove_files"]
+
+log = logging.getLogger("proxistore.viper")
+
+
+def write_file(fs: FileSystem, directory: str, name: str, data: Any) -> int:
+    """Create ``directory/name`` with ``data`` (bytes or a buffer) and fsync it; return its size.
+
+    The directory entry becomes durable with the caller's next :func:`fsync_dir` (one per commit).
+    """
+    path = os.path.join(directory, name)
+    view = memoryview(data).cast("B")
+    try:
+        with fs.open(path, "wb") as f:
+            f.write(view)
+            f.fsync()
+    except OSError as e:
+        raise StorageError(f"{path}: write failed: {e}") from e
+    return view.nbytes
+
+
+def fsync_dir(fs: FileSystem, directory: str) -> None:
+    """Make the new directory entries of ``directory`` durable."""
+    try:
+        fs.fsync_dir(directory)
+    except OSError as e:
+        raise StorageError(f"{directory}: directory fsync failed: {e}") from e
+
+
+def remove_files(fs: FileSystem, directory: str, names: Iterable[str]) -> List[str]:
+    """Unlink files a committed manifest no longer references; return the ones that failed.
+
+    Runs after the commit, so a failure cannot undo it: it is logged and returned (and counted
+    by the caller) and the file is an orphan that the next open removes.
+    """
+    failed = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fs.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("viper: could not remove %s after commit (removed on next open): %s", path, e)
+            failed.append(name)
+    return failed

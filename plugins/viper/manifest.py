@@ -1,0 +1,152 @@
+"""The manifest: the one file that says what a collection is made of.
+
+``MANIFEST.json`` lists the live segments, each with its deletion-vector file and index file,
+plus ``flushed_lsn`` and the file counter. It is replaced atomically and durably through
+:meth:`FileSystem.write_atomic` (temp file, fsync, rename, fsync directory) and only after every
+file it references has been fsynced and its directory entry made durable. Anything in the
+collection directory that the committed manifest does not reference is an orphan of a crashed
+flush or compaction and is removed on open (:func:`remove_orphans`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from proxistore.errors import StorageError
+from proxistore.fileio import FileSystem
+
+__all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "IndexRef", "SegmentEntry", "Manifest",
+           "load_manifest", "commit_manifest", "remove_orphans"]
+
+MANIFEST_NAME = "MANIFEST.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexRef:
+    """An ANN index file of a segment: what it is, how it was built, and its checksum."""
+
+    file: str
+    kind: str            # hnsw | ivf | flat
+    backend: str         # faiss | hnswlib
+    params: Dict[str, Any]
+    bytes: int
+    crc32: int
+
+    def signature(self) -> Tuple[str, str, Tuple[Tuple[str, Any], ...]]:
+        return (self.kind, self.backend, tuple(sorted(self.params.items())))
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """One live segment: its Parquet file, row range, deletion vector and index."""
+
+    name: str
+    file: str
+    rows: int
+    bytes: int
+    min_lsn: int
+    max_lsn: int
+    deleted: int = 0
+    deletes_file: Optional[str] = None
+    deletes_bytes: int = 0
+    index: Optional[IndexRef] = None
+
+    @property
+    def live_rows(self) -> int:
+        return self.rows - self.deleted
+
+    def files(self) -> List[str]:
+        out = [self.file]
+        if self.deletes_file:
+            out.append(self.deletes_file)
+        if self.index:
+            out.append(self.index.file)
+        return out
+
+    def total_bytes(self) -> int:
+        return self.bytes + self.deletes_bytes + (self.index.bytes if self.index else 0)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed state of a collection (immutable: each commit builds a new one)."""
+
+    collection: str
+    dim: int
+    metric: str
+    flushed_lsn: int = 0
+    generation: int = 0
+    next_file: int = 1
+    compactions: int = 0
+    segments: Tuple[SegmentEntry, ...] = field(default_factory=tuple)
+
+    def files(self) -> Set[str]:
+        """Every file name in the collection directory this manifest references."""
+        return {MANIFEST_NAME} | {f for s in self.segments for f in s.files()}
+
+    def with_segments(self, segments, **changes: Any) -> "Manifest":
+        return replace(self, segments=tuple(segments), generation=self.generation + 1, **changes)
+
+    def to_bytes(self) -> bytes:
+        doc = asdict(self)
+        doc["format"] = FORMAT_VERSION
+        return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> "Manifest":
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            version = doc.pop("format")
+            if version != FORMAT_VERSION:
+                raise StorageError(f"{where}: manifest format {version} is not supported (expected {FORMAT_VERSION})")
+            segments = []
+            for s in doc.pop("segments"):
+                index = s.pop("index")
+                segments.append(SegmentEntry(**s, index=IndexRef(**index) if index else None))
+            return cls(**doc, segments=tuple(segments))
+        except StorageError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StorageError(f"{where}: unreadable manifest ({type(e).__name__}: {e})") from e
+
+
+def load_manifest(fs: FileSystem, directory: str) -> Manifest:
+    """Read a collection's committed manifest (a StorageError if missing or unreadable)."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not fs.exists(path):
+        raise StorageError(f"{path}: no manifest; the collection was never created or its files were removed")
+    try:
+        data = fs.read_bytes(path)
+    except OSError as e:
+        raise StorageError(f"{path}: cannot read manifest: {e}") from e
+    return Manifest.from_bytes(data, path)
+
+
+def commit_manifest(fs: FileSystem, directory: str, manifest: Manifest) -> None:
+    """Atomically and durably replace the manifest (callers fsync referenced files first)."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    try:
+        fs.write_atomic(path, manifest.to_bytes())
+    except OSError as e:
+        raise StorageError(f"{path}: manifest commit failed: {e}") from e
+
+
+def remove_orphans(fs: FileSystem, directory: str, manifest: Manifest) -> List[str]:
+    """Delete every file in ``directory`` the manifest does not reference; return their names."""
+    keep = manifest.files()
+    removed = []
+    try:
+        for name in fs.listdir(directory):
+            path = os.path.join(directory, name)
+            if name in keep or fs.isdir(path):
+                continue
+            fs.unlink(path)
+            removed.append(name)
+        if removed:
+            fs.fsync_dir(directory)
+    except OSError as e:
+        raise StorageError(f"{directory}: cannot remove orphan files: {e}") from e
+    return removed

@@ -1,0 +1,122 @@
+"""Segment files: one immutable Parquet file per flush or compaction.
+
+Columns: ``id`` (string), ``vector`` (fixed_size_list<float32, dim>), ``lsn`` (int64), then one
+typed nullable column per metadata key (string, int64, float64 or bool; a key first seen in a
+later flush is simply a new column there). Any Parquet reader gets the rows back; segments with
+different metadata columns are unified on read with permissive promotion (missing columns become
+nulls, int64 + float64 become float64), see :func:`unify`.
+
+A metadata key that collides with ``id``/``vector``/``lsn`` (or starts with ``meta:``) is stored
+in a column named ``meta:<key>``; :func:`metadata_of` maps columns back to keys.
+
+Files are encoded in memory and written through the core's FileSystem seam by the caller.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from proxistore.errors import StorageError
+from proxistore.filters import metadata_table
+
+__all__ = ["RESERVED", "build_table", "table_from_rows", "encode", "read_columns", "read_vectors", "metadata_of",
+           "vectors_of", "unify", "column_for_key"]
+
+RESERVED = ("id", "vector", "lsn")
+_ESCAPE = "meta:"
+
+
+def column_for_key(key: str) -> str:
+    """The Parquet column that holds metadata ``key``."""
+    return _ESCAPE + key if key in RESERVED or key.startswith(_ESCAPE) else key
+
+
+def _key_for_column(column: str) -> str:
+    return column[len(_ESCAPE):] if column.startswith(_ESCAPE) else column
+
+
+def build_table(ids: Sequence[str], vectors: np.ndarray, lsns: np.ndarray,
+                metadata: Optional[pa.Table], dim: int) -> pa.Table:
+    """The segment table; ``metadata`` has one column per metadata key (as :func:`metadata_table`)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    columns = {
+        "id": pa.array(list(ids), type=pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "lsn": pa.array(np.asarray(lsns, dtype=np.int64)),
+    }
+    if metadata is not None:
+        for name in metadata.column_names:
+            columns[column_for_key(name)] = metadata.column(name)
+    return pa.table(columns)
+
+
+def table_from_rows(ids: Sequence[str], vectors: np.ndarray, lsns: np.ndarray,
+                    metadata: Sequence[Optional[Mapping[str, Any]]], dim: int) -> pa.Table:
+    """The segment table of a flush's rows (metadata dicts become typed columns)."""
+    return build_table(ids, vectors, lsns, metadata_table(metadata), dim)
+
+
+def encode(table: pa.Table) -> pa.Buffer:
+    """Parquet bytes of a segment table: vectors uncompressed (embeddings barely compress),
+    ids and metadata zstd with dictionaries."""
+    sink = pa.BufferOutputStream()
+    other = [c for c in table.column_names if c != "vector"]
+    compression = {c: "zstd" for c in other}
+    compression["vector"] = "none"
+    pq.write_table(table, sink, compression=compression, use_dictionary=other,
+                   write_statistics=other, row_group_size=65_536)
+    return sink.getvalue()
+
+
+def metadata_of(table: pa.Table) -> pa.Table:
+    """The metadata columns of a segment table, named by metadata key."""
+    names = [c for c in table.column_names if c not in RESERVED]
+    meta = table.select(names)
+    return meta.rename_columns([_key_for_column(c) for c in names])
+
+
+def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
+    """The ``vector`` column as a float32 ``(n, dim)`` array (zero-copy when possible)."""
+    col = table.column("vector")
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if arr.null_count:
+        raise StorageError("segment has null vectors")
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(len(arr), dim)
+
+
+def read_columns(path: str) -> Tuple[np.ndarray, np.ndarray, pa.Table]:
+    """``(ids, lsns, metadata)`` of a segment file, without reading its vectors."""
+    try:
+        schema = pq.read_schema(path)
+        names = [n for n in schema.names if n != "vector"]
+        table = pq.read_table(path, columns=names, memory_map=True)
+    except (OSError, pa.ArrowException) as e:
+        raise StorageError(f"{path}: cannot read segment: {e}") from e
+    ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=object)
+    lsns = np.asarray(table.column("lsn").to_numpy(), dtype=np.int64)
+    return ids, lsns, metadata_of(table)
+
+
+def read_vectors(path: str, dim: int) -> np.ndarray:
+    """The vectors of a segment file."""
+    try:
+        table = pq.read_table(path, columns=["vector"], memory_map=True)
+    except (OSError, pa.ArrowException) as e:
+        raise StorageError(f"{path}: cannot read segment vectors: {e}") from e
+    return vectors_of(table, dim)
+
+
+def unify(tables: List[pa.Table]) -> pa.Table:
+    """Concatenate tables whose columns differ: missing columns become nulls, int + float
+    become float (pyarrow's permissive promotion); truly incompatible types are a StorageError."""
+    if not tables:
+        return pa.table({})
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+        raise StorageError(f"segments have incompatible metadata columns: {e}") from e

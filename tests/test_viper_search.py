@@ -1,0 +1,198 @@
+"""Viper search: deletions never leak, filters pushed into the index, the exact-search planner,
+merging across segments, and consistent snapshots under concurrent flushes and compactions."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from proxistore.distance import distances, exact_topk
+from proxistore.errors import DimensionMismatch, FilterTypeError, InvalidArgument, InvalidFilter
+from proxistore.filters import compile_filter, metadata_table
+from proxistore.plugins.viper.index import build_index, prepare
+
+from test_viper_helpers import ids, make_rows, open_store, vectors
+
+INDEXED = dict(indexing_threshold=100, auto_compaction=False)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+def test_deleted_rows_never_appear_in_search(tmp_path, backend):
+    engine, store = open_store(tmp_path, index_backend=backend, **INDEXED)
+    v = vectors(500)
+    store.write_segment(make_rows(ids(500), v, 1))
+    store.maintain()
+    gone = [f"id{i}" for i in range(0, 500, 3)]
+    store.write_segment(make_rows(ids(5, 1000), vectors(5, seed=9), 501, deleted=gone))
+    hits = store.search(v[:50], 20)
+    assert store.stats()["searches"]["ann"] >= 1
+    assert not set(gone) & set(hits.ids.ravel())
+    assert all(i is not None for i in hits.ids.ravel())       # still k results per query
+    everything = store.search(v[:2], 1000, ef=1000)
+    found = {i for i in everything.ids.ravel() if i is not None}
+    assert found == set(ids(500)) - set(gone) | set(ids(5, 1000))
+
+
+def _tagged_store(tmp_path, backend="faiss", n=12_000, **config):
+    """One indexed segment of ``n`` 16-d rows: tag "rare" on 2%, "half" on 50%, "other" else."""
+    engine, store = open_store(tmp_path, dim=16, index_backend=backend, hnsw_m=8, hnsw_ef_construction=40,
+                               **{**INDEXED, **config})
+    v = vectors(n, dim=16, seed=11)
+    meta = [{"tag": "rare" if i % 50 == 0 else ("half" if i % 2 else "other"), "i": i} for i in range(n)]
+    store.write_segment(make_rows(ids(n), v, 1, metadata=meta))
+    store.maintain()
+    return store, v, meta
+
+
+@pytest.mark.parametrize("kind, backend", [("hnsw", "faiss"), ("hnsw", "hnswlib"), ("ivf", "faiss"),
+                                           ("flat", "faiss")])
+def test_an_index_search_with_a_selector_returns_k_allowed_rows_whenever_k_are_allowed(kind, backend):
+    x = prepare(vectors(2000, dim=16, seed=14), "l2")
+    index = build_index(kind, backend, {"m": 8, "ef_construction": 40, "nlist": 16}, x, "l2")
+    q = vectors(20, dim=16, seed=15)
+    for every in (50, 400):                                   # 40 rows allowed, then 5
+        allowed = np.zeros(2000, dtype=bool)
+        allowed[::every] = True
+        k = 10 if every == 50 else 8
+        pos, dist = index.search(q, min(k, int(allowed.sum())), ef=16, nprobe=2, allowed=allowed,
+                                 n_allowed=int(allowed.sum()))
+        assert (pos >= 0).all() and allowed[pos].all()
+        assert pos.shape[1] == min(k, int(allowed.sum()))
+        np.testing.assert_allclose(dist, np.take_along_axis(distances(q, x, "l2"), pos, axis=1),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+def test_a_filter_is_pushed_into_the_ann_search_as_a_selector(tmp_path, backend):
+    store, v, meta = _tagged_store(tmp_path, backend, filter_exact_max_rows=0)
+    q = vectors(20, dim=16, seed=12)
+    hits = store.search(q, 10, filter=compile_filter({"tag": "half"}))          # 6,000 of 12,000 rows
+    assert store.stats()["searches"] == {"ann_filtered": 1}
+    assert all(i is not None for i in hits.ids.ravel())
+    assert all(meta[int(i[2:])]["tag"] == "half" for i in hits.ids.ravel())
+    mask = compile_filter({"tag": "half"}).mask(metadata_table(meta))
+    pos, _ = exact_topk(q, v, 10, "l2", mask=mask)
+    want = [set(f"id{p}" for p in row) for row in pos]
+    assert np.mean([len(set(h) & w) / 10 for h, w in zip(hits.ids, want)]) >= 0.9
+
+
+def test_a_filter_keeping_fewer_than_k_rows_returns_exactly_those(tmp_path):
+    store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=0)
+    hits = store.search(vectors(3, dim=16), 10, filter={"i": {"$in": [3, 77, 1500]}})
+    for row in hits.ids:
+        assert set(row[:3]) == {"id3", "id77", "id1500"} and list(row[3:]) == [None] * 7
+    assert np.isinf(hits.distances[:, 3:]).all() and (hits.lsns[:, 3:] == -1).all()
+
+
+@pytest.mark.parametrize("cutoff, rare_path", [(300, "exact_filtered"), (0, "exact_filtered")])
+def test_the_planner_searches_exactly_when_a_filter_keeps_few_rows(tmp_path, cutoff, rare_path):
+    """Below filter_exact_max_rows kept rows the search is exact; above it, still exact while the
+    filtered ANN search (its efSearch raised for the 2% kept) would cost more distance evaluations
+    than the kept rows; a filter keeping half the rows goes through the index."""
+    store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=cutoff)
+    q = vectors(5, dim=16, seed=13)
+    table = metadata_table(meta)
+    for spec, path in (({"tag": "rare"}, rare_path), ({"tag": "half"}, "ann_filtered")):
+        before = store.stats()["searches"].get(path, 0)
+        hits = store.search(q, 10, filter=spec)
+        assert store.stats()["searches"][path] == before + 1, spec
+        pos, dist = exact_topk(q, v, 10, "l2", mask=compile_filter(spec).mask(table))
+        if path == "exact_filtered":
+            assert (hits.ids == np.array([[f"id{p}" for p in row] for row in pos], dtype=object)).all()
+            np.testing.assert_allclose(hits.distances, dist, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cutoff, path", [(6000, "exact_filtered"), (5999, "ann_filtered")])
+def test_filter_exact_max_rows_is_enforced_at_its_threshold(tmp_path, cutoff, path):
+    store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=cutoff)
+    store.search(vectors(1, dim=16), 5, filter={"tag": "half"})             # keeps 6,000 rows
+    assert store.stats()["searches"] == {path: 1}
+
+
+def test_filtered_search_excludes_deleted_rows_on_both_paths(tmp_path):
+    store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=40)
+    rare = [f"id{i}" for i in range(0, 12_000, 50)]
+    store.write_segment(make_rows([], np.zeros((0, 16)), 12_001, deleted=rare[:235] + ["id1", "id3"]))
+    for spec in ({"tag": "rare"}, {"tag": "half"}):
+        hits = store.search(vectors(5, dim=16), 10, filter=spec)
+        assert not set(rare[:235] + ["id1", "id3"]) & set(hits.ids.ravel())
+    hits = store.search(vectors(1, dim=16), 10, filter={"tag": "rare"})
+    assert sorted(i for i in hits.ids[0] if i) == sorted(rare[235:])
+    assert {"exact_filtered", "ann_filtered"} <= set(store.stats()["searches"])
+
+
+def test_a_filter_type_mismatch_is_a_clear_error(tmp_path):
+    store, v, meta = _tagged_store(tmp_path)
+    with pytest.raises(FilterTypeError, match="'tag'"):
+        store.search(v[:1], 5, filter={"tag": {"$gt": 3}})
+    with pytest.raises(InvalidFilter, match=r"\$like"):
+        store.search(v[:1], 5, filter={"tag": {"$like": "r%"}})
+
+
+def test_results_merge_exact_and_indexed_segments_by_distance(tmp_path):
+    engine, store = open_store(tmp_path, metric="cosine", **INDEXED)
+    v = vectors(700, seed=21)
+    store.write_segment(make_rows(ids(400), v[:400], 1))            # indexed after maintain
+    store.maintain()
+    store.write_segment(make_rows(ids(250, 400), v[400:650], 401))  # exact
+    store.write_segment(make_rows(ids(50, 650), v[650:], 651))      # exact
+    q = vectors(10, seed=22)
+    hits = store.search(q, 15, ef=700)
+    paths = store.stats()["searches"]
+    assert paths["ann"] == 1 and paths["exact"] == 2
+    pos, dist = exact_topk(q, v, 15, "cosine")
+    assert (hits.ids == np.array(ids(700), dtype=object)[pos]).all()
+    np.testing.assert_allclose(hits.distances, dist, rtol=1e-5, atol=1e-5)
+
+
+def test_queries_of_the_wrong_dimension_and_bad_k_are_input_errors(tmp_path):
+    engine, store = open_store(tmp_path)
+    store.write_segment(make_rows(ids(5), vectors(5), 1))
+    with pytest.raises(DimensionMismatch):
+        store.search(vectors(1, dim=4), 3)
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(InvalidArgument):
+            store.search(vectors(1), k)
+    with pytest.raises(InvalidArgument):
+        store.search(vectors(1), 3, ef=0)
+    assert store.search(vectors(1)[0], 2).ids.shape == (1, 2)     # a single 1-d query is fine
+
+
+def test_search_sees_a_consistent_snapshot_while_compaction_and_flushes_commit(tmp_path):
+    engine, store = open_store(tmp_path, indexing_threshold=150, compaction_min_segments=2,
+                               compaction_base_rows=32)
+    v = vectors(2400, seed=31)
+    errors = []
+    stop = threading.Event()
+
+    def reader():
+        q = vectors(4, seed=32)
+        try:
+            while not stop.is_set():
+                hits = store.search(q, 8)
+                for row in hits.ids:
+                    got = [i for i in row if i is not None]
+                    assert len(got) == len(set(got)) == 8     # never fewer live rows than k
+                store.get(["id5"])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    store.write_segment(make_rows(ids(60), v[:60], 1))
+    for t in threads:
+        t.start()
+    lsn = 61
+    for r in range(1, 40):
+        rows = make_rows(ids(60, 60 * r), v[60 * r:60 * (r + 1)], lsn, deleted=[f"id{r}"])
+        store.write_segment(rows)
+        lsn = rows.max_lsn + 1
+        if r % 5 == 0:
+            store.maintain()
+    store.compact()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert store.count() == 2400 - 39
+    assert store.stats()["compactions"] >= 3
