@@ -39,6 +39,10 @@ class FileHandle:
     def truncate(self, size: int) -> None:
         self.fs._truncate(self, size)
 
+    def flush(self) -> None:
+        """Hand buffered bytes to the OS (survives a process crash, not a power loss)."""
+        self.fs._flush(self)
+
     def fsync(self) -> None:
         """Make everything written so far durable (flushes Python's buffer first)."""
         self.fs._fsync(self)
@@ -125,6 +129,9 @@ class FileSystem:
 
     def _write(self, handle: FileHandle, data) -> int:
         return handle.raw.write(data)
+
+    def _flush(self, handle: FileHandle) -> None:
+        handle.raw.flush()
 
     def _fsync(self, handle: FileHandle) -> None:
         handle.raw.flush()

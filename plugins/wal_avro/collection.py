@@ -1,0 +1,318 @@
+"""The write-ahead log of one collection: append, rotate, checkpoint, stats, close.
+
+``append`` runs under the core's per-collection lock and our ``_lock``, which also guards
+rotation, checkpoint and close against it; ``sync`` (see :mod:`.syncing`) runs outside any lock,
+from many threads. Lock order: ``_lock`` -> ``segment.sync_lock`` -> ``_cond``; nobody waits for
+an earlier lock while holding a later one.
+
+Failure: any I/O error on the write path (write, fsync, segment creation) *fails the log*: it is
+raised as :class:`WalError`, and every later append and sync (of a record not already durable)
+raises too. An fsync error cannot be retried safely: the kernel may have dropped the dirty pages
+and a second fsync would report success for data that is gone. Reopening replays what is on disk.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+import time
+import zlib
+from time import perf_counter
+from typing import Any, Callable, Dict, Iterator, Optional
+
+from proxistore.contracts import CollectionWal, RecoveryReport, WalBatch
+from proxistore.errors import WalError
+from proxistore.fileio import FileHandle, FileSystem
+
+from .format import EncodedRecord, build_header, encode_record, segment_name
+from .recovery import replay_log
+from .segment import Segment, list_segments
+from .settings import Settings
+from .syncing import SyncMixin
+
+__all__ = ["AvroCollectionWal"]
+
+log = logging.getLogger("proxistore.wal")
+
+_JOIN_BELOW = 1 << 16   # records with fewer vector bytes are written with one write() call
+_CHUNK = 1 << 18        # large records: write + CRC in chunks of this size
+
+
+def _write_large(handle: FileHandle, rec: EncodedRecord, sync_marker: bytes) -> None:
+    """Write a large record without copying its vectors: they go from the caller's array to
+    the OS in chunks, each CRC'd right after its write while it is still in the CPU cache
+    (about 15% faster than a CRC pass before the write; the CRC goes after the vectors)."""
+    handle.write(rec.head)
+    crc = zlib.crc32(rec.prefix)
+    vec = rec.vectors
+    for off in range(0, len(vec), _CHUNK):
+        part = vec[off:off + _CHUNK]
+        handle.write(part)
+        crc = zlib.crc32(part, crc)
+    handle.write(rec.tail(zlib.crc32(rec.rest, crc)) + sync_marker)
+
+
+class AvroCollectionWal(SyncMixin, CollectionWal):
+    """The Avro segment log of collection ``name`` in directory ``dirpath``."""
+
+    def __init__(self, *, fs: FileSystem, dirpath: str, name: str, settings: Settings,
+                 on_close: Optional[Callable[["AvroCollectionWal"], None]] = None) -> None:
+        self.fs = fs
+        self.dir = dirpath
+        self.name = name
+        self.settings = settings
+        self.recovery = RecoveryReport()
+        self._on_close = on_close
+        self._segments, max_seq, self._corrupt = list_segments(fs, dirpath)
+        self._next_seq = max_seq + 1
+        self._active: Optional[Segment] = None
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._appended = 0          # records appended (tokens are 1, 2, ...)
+        self._durable = 0           # every token <= this is durable
+        self._leader = False
+        self._waiters: list = []
+        self._gathering = False
+        self._last_group = 1
+        self._failed: Optional[str] = None
+        self._closed = False
+        self._recovered = False
+        self._highest_lsn = 0
+        self._c: Dict[str, Any] = dict(
+            appends=0, rows_appended=0, bytes_appended=0, append_seconds=0.0, fsyncs=0,
+            dir_fsyncs=0, fsync_seconds=0.0, rotations=0, segments_created=0, checkpoints=0,
+            segments_deleted=0, bytes_freed=0)
+
+    # -- replay ----------------------------------------------------------------------------
+
+    def replay(self, after_lsn: int) -> Iterator[WalBatch]:
+        """Yield intact batches with ``last_lsn > after_lsn``; repair a torn tail (see recovery)."""
+        return replay_log(self, after_lsn)
+
+    def _ensure_recovered(self) -> None:
+        if not self._recovered:
+            for _ in replay_log(self, sys.maxsize):
+                pass
+
+    # -- append ----------------------------------------------------------------------------
+
+    def append(self, batch: WalBatch) -> int:
+        """Write ``batch`` as one record (handed to the OS, not fsynced); return its token."""
+        self._check_usable()
+        self._ensure_recovered()
+        t0 = perf_counter()
+        rec = encode_record(batch, io.BytesIO(), batch.timestamp or time.time())
+        small = len(rec.vectors) < _JOIN_BELOW
+        tail = rec.tail(rec.crc()) if small else b""
+        fsync_dt = 0.0
+        with self._lock:
+            self._check_usable()
+            seg = self._active
+            limit = self.settings.segment_size
+            if seg is not None and seg.records and seg.size + rec.nbytes > limit:
+                fsync_dt += self._close_active(final=False)
+                self._c["rotations"] += 1
+                seg = None
+            if seg is None:
+                seg, dt = self._open_segment()
+                fsync_dt += dt
+            h = seg.handle
+            assert h is not None
+            try:
+                if small:
+                    h.write(b"".join((rec.head, rec.vectors, tail, seg.sync_marker)))
+                else:
+                    _write_large(h, rec, seg.sync_marker)
+                h.flush()
+            except OSError as e:
+                raise self._fail(f"write to {seg.path} failed: {e}") from e
+            seg.note_record(batch.first_lsn, batch.first_lsn + rec.rows - 1, rec.rows, rec.nbytes)
+            self._highest_lsn = max(self._highest_lsn, batch.first_lsn + rec.rows - 1)
+            self._appended += 1
+            token = self._appended
+            gathering = self._gathering
+            dt = perf_counter() - t0 - fsync_dt
+            c = self._c
+            c["appends"] += 1
+            c["rows_appended"] += rec.rows
+            c["bytes_appended"] += rec.nbytes
+            c["append_seconds"] += dt
+        if gathering:
+            with self._cond:
+                self._cond.notify_all()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("wal %s: append of %d rows (encode+CRC+write %d bytes to the OS, no fsync) "
+                      "took %.3f ms", self.name, rec.rows, rec.nbytes, dt * 1e3)
+        return token
+
+    def _open_segment(self) -> "tuple[Segment, float]":
+        """Create the next segment: header written and fsynced, directory fsynced. Under _lock."""
+        seq = self._next_seq
+        self._next_seq += 1
+        path = os.path.join(self.dir, segment_name(seq))
+        marker = os.urandom(16)
+        header = build_header(marker, {"proxistore.collection": self.name,
+                                       "proxistore.segment": str(seq),
+                                       "proxistore.created": f"{time.time():.6f}"})
+        t0 = perf_counter()
+        try:
+            h = self.fs.open(path, "wb")
+            ok = False
+            try:
+                h.write(header)
+                h.fsync()
+                ok = True
+            finally:
+                if not ok:
+                    h.close()
+            self.fs.fsync_dir(self.dir)
+        except OSError as e:
+            raise self._fail(f"creating segment {path} failed: {e}") from e
+        dt = perf_counter() - t0
+        seg = Segment(seq=seq, path=path, size=len(header), handle=h, sync_marker=marker,
+                      scanned=True)
+        self._active = seg
+        with self._cond:
+            self._c["fsyncs"] += 1
+            self._c["dir_fsyncs"] += 1
+            self._c["fsync_seconds"] += dt
+            self._c["segments_created"] += 1
+        log.debug("wal %s: created segment %s (header write + file fsync + directory fsync "
+                  "%.3f ms)", self.name, seg.name, dt * 1e3)
+        return seg, dt
+
+    def _close_active(self, *, final: bool) -> float:
+        """Close the active segment, fsyncing it first (unless sync_mode=none and not final).
+        Under _lock; returns the fsync seconds."""
+        seg = self._active
+        if seg is None:
+            return 0.0
+        do_fsync = (final or self.settings.sync_mode != "none") and not self._failed
+        upto = self._appended
+        dt = 0.0
+        err: Optional[OSError] = None
+        with seg.sync_lock:
+            h = seg.handle
+            assert h is not None
+            try:
+                if do_fsync:
+                    t0 = perf_counter()
+                    h.fsync()
+                    dt = perf_counter() - t0
+            except OSError as e:
+                err = e
+            try:
+                h.close()
+            except OSError as e:
+                err = err or e
+            seg.handle = None
+        self._active = None
+        self._segments.append(seg)
+        if err is not None and not self._failed:
+            raise self._fail(f"fsync/close of {seg.path} failed: {err}") from err
+        if do_fsync:
+            self._mark_durable(upto, dt)
+            log.debug("wal %s: closed segment %s (fsync %.3f ms)", self.name, seg.name, dt * 1e3)
+        return dt
+
+    # -- rotation, checkpoint, accounting ---------------------------------------------------
+
+    def rotate(self) -> None:
+        """Close the active segment (fsynced unless sync_mode=none)."""
+        with self._lock:
+            if self._closed:
+                raise WalError(f"WAL of collection {self.name!r} is closed")
+            if self._active is not None:
+                self._close_active(final=False)
+                self._c["rotations"] += 1
+
+    def checkpoint(self, flushed_lsn: int) -> int:
+        """Delete the oldest closed segments whose records are all <= ``flushed_lsn``."""
+        self._ensure_recovered()
+        with self._lock:
+            if self._closed:
+                raise WalError(f"WAL of collection {self.name!r} is closed")
+            victims = []
+            for seg in self._segments:
+                if seg.records and (seg.last_lsn is None or seg.last_lsn > flushed_lsn):
+                    break
+                victims.append(seg)
+            if not victims:
+                return 0
+            freed = 0
+            t0 = perf_counter()
+            try:
+                for seg in victims:
+                    self.fs.unlink(seg.path)
+                    self._segments.remove(seg)
+                    freed += seg.size
+            finally:
+                if freed:
+                    self._fsync_dir_after_unlink(t0)
+            self._c["checkpoints"] += 1
+            self._c["segments_deleted"] += len(victims)
+            self._c["bytes_freed"] += freed
+        log.debug("wal %s: checkpoint at LSN %d deleted %d segments (%d bytes)", self.name,
+                  flushed_lsn, len(victims), freed)
+        return freed
+
+    def _fsync_dir_after_unlink(self, t0: float) -> None:
+        t1 = perf_counter()
+        try:
+            self.fs.fsync_dir(self.dir)
+        except OSError as e:
+            raise WalError(f"fsync of WAL directory {self.dir} failed: {e}") from e
+        with self._cond:
+            self._c["dir_fsyncs"] += 1
+            self._c["fsync_seconds"] += perf_counter() - t1
+
+    def size_bytes(self) -> int:
+        with self._lock:
+            return sum(s.size for s in self._segments) + (self._active.size if self._active else 0)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters plus bytes/segments/records on disk; times are seconds (perf_counter)."""
+        with self._lock:
+            segs = self._segments + ([self._active] if self._active else [])
+            with self._cond:
+                out: Dict[str, Any] = dict(self._c)
+                durable = self._durable
+            out.update(
+                bytes=sum(s.size for s in segs), segments=len(segs),
+                records=sum(s.records for s in segs), rows=sum(s.rows for s in segs),
+                first_lsn=next((s.first_lsn for s in segs if s.first_lsn is not None), None),
+                last_lsn=self._highest_lsn or None,
+                active_segment=self._active.name if self._active else None,
+                pending_records=self._appended - durable,
+                sync_mode=self.settings.sync_mode, failed=self._failed,
+                corrupt_files=[os.path.basename(p) for p in self._corrupt])
+        return out
+
+    def close(self) -> None:
+        """Fsync and close the active segment (even under sync_mode=none) and stop."""
+        if self._closed:
+            return
+        try:
+            with self._lock:
+                if self._failed and self._active is not None:
+                    self._close_failed_active()
+                self._close_active(final=True)
+        finally:
+            self._closed = True
+            with self._cond:
+                self._cond.notify_all()
+            if self._on_close is not None:
+                self._on_close(self)
+
+    def _close_failed_active(self) -> None:
+        seg = self._active
+        assert seg is not None and seg.handle is not None
+        try:
+            seg.handle.close()
+        except OSError as e:   # the failure that matters was already raised to the writers
+            log.warning("wal %s: closing failed segment %s: %s", self.name, seg.name, e)
+        seg.handle = None
+        self._active = None
+        self._segments.append(seg)

@@ -1,0 +1,85 @@
+"""Segment files of one collection's log: what we know about each, listing, setting aside."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from proxistore.fileio import FileHandle, FileSystem
+
+from .format import CORRUPT_RE, SEGMENT_RE
+
+__all__ = ["Segment", "list_segments", "corrupt_path_for"]
+
+
+@dataclass(eq=False)
+class Segment:
+    """One segment file. ``handle`` is set only for the active (open for append) segment.
+
+    ``first_lsn``/``last_lsn``/``records`` are known once the segment was written in this
+    process or scanned by replay (``scanned``); ``sync_lock`` serialises fsync against close.
+    """
+
+    seq: int
+    path: str
+    size: int = 0
+    records: int = 0
+    rows: int = 0
+    first_lsn: Optional[int] = None
+    last_lsn: Optional[int] = None
+    scanned: bool = False
+    handle: Optional[FileHandle] = None
+    sync_marker: bytes = b""
+    sync_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def note_record(self, first_lsn: int, last_lsn: int, rows: int, nbytes: int = 0) -> None:
+        """Account for one record of this segment."""
+        if self.first_lsn is None:
+            self.first_lsn = first_lsn
+        self.last_lsn = last_lsn
+        self.records += 1
+        self.rows += rows
+        self.size += nbytes
+
+    def describe(self) -> dict:
+        return {"file": self.name, "bytes": self.size, "records": self.records, "rows": self.rows,
+                "first_lsn": self.first_lsn, "last_lsn": self.last_lsn,
+                "active": self.handle is not None}
+
+
+def list_segments(fs: FileSystem, dirpath: str) -> Tuple[List[Segment], int, List[str]]:
+    """The segments in ``dirpath`` in log order, the highest sequence number in use (including
+    set-aside ``.corrupt`` files, so that a new segment never reuses a number), and the
+    set-aside files."""
+    segments: List[Segment] = []
+    corrupt: List[str] = []
+    max_seq = 0
+    for name in fs.listdir(dirpath):
+        m = SEGMENT_RE.match(name)
+        path = os.path.join(dirpath, name)
+        if m:
+            seq = int(m.group(1))
+            segments.append(Segment(seq=seq, path=path, size=fs.size(path)))
+            max_seq = max(max_seq, seq)
+            continue
+        c = CORRUPT_RE.match(name)
+        if c:
+            corrupt.append(path)
+            max_seq = max(max_seq, int(c.group(1)))
+    segments.sort(key=lambda s: s.seq)
+    return segments, max_seq, corrupt
+
+
+def corrupt_path_for(fs: FileSystem, path: str) -> str:
+    """A free ``<segment>.corrupt[.N]`` name next to ``path``."""
+    candidate = path + ".corrupt"
+    n = 1
+    while fs.exists(candidate):
+        candidate = f"{path}.corrupt.{n}"
+        n += 1
+    return candidate

@@ -1,0 +1,195 @@
+"""Durability for :class:`~.collection.AvroCollectionWal`: ``sync`` in its four modes, group
+commit, the background fsync of ``interval`` mode, and failing the log on an I/O error.
+
+One fsync covers every record appended before it started, so the fsyncer takes a snapshot
+(active segment, records appended) under the collection's ``_lock`` and fsyncs outside it,
+holding only the segment's ``sync_lock``, which closing a segment also takes. Tokens are record
+counts: every token ``<= _durable`` is durable.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from proxistore.errors import WalError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .segment import Segment
+    from .settings import Settings
+
+__all__ = ["SyncMixin"]
+
+log = logging.getLogger("proxistore.wal")
+
+
+class _Waiter:
+    """A group-commit follower: woken when covered, or told to lead the next fsync."""
+
+    __slots__ = ("token", "event", "lead")
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+        self.event = threading.Event()
+        self.lead = False
+
+
+class SyncMixin:
+    """The sync half of a collection log (state is set up by the collection's ``__init__``)."""
+
+    name: str
+    settings: "Settings"
+    _lock: "threading.Lock"
+    _cond: "threading.Condition"
+    _active: "Optional[Segment]"
+    _appended: int
+    _durable: int
+    _leader: bool
+    _waiters: List[_Waiter]
+    _gathering: bool
+    _last_group: int
+    _failed: Optional[str]
+    _closed: bool
+    _c: Dict[str, Any]
+
+    def sync(self, token: int) -> None:
+        """Return once the record of ``token`` is durable per ``sync_mode``."""
+        mode = self.settings.sync_mode
+        if token <= self._durable:
+            return
+        if self._failed:
+            raise self._failure()
+        if mode in ("none", "interval"):
+            return
+        if mode == "always":
+            self._fsync_covering()
+        else:
+            self._group_sync(token)
+        if token > self._durable:
+            raise self._failure()
+
+    def _group_sync(self, token: int) -> None:
+        """Become the leader, or wait until a leader's fsync covers ``token`` or hands over the
+        leadership. Only those waiters are woken (no thundering herd on every fsync)."""
+        waiter = None
+        with self._cond:
+            if token <= self._durable:
+                return
+            if self._failed:
+                raise self._failure()
+            if self._leader:
+                waiter = _Waiter(token)
+                self._waiters.append(waiter)
+            else:
+                self._leader = True
+        if waiter is not None:
+            waiter.event.wait()
+            if not waiter.lead:
+                return                      # covered (or the log failed: sync() checks)
+        self._lead()
+
+    def _lead(self) -> None:
+        """One group commit: gather, fsync, wake the covered waiters, hand over or step down."""
+        try:
+            self._gather()
+            before = self._durable
+            upto = self._fsync_covering()
+            self._last_group = max(1, upto - before)
+        finally:
+            with self._cond:
+                if self._failed:
+                    wake, self._waiters = self._waiters, []
+                else:
+                    wake = [w for w in self._waiters if w.token <= self._durable]
+                    self._waiters = [w for w in self._waiters if w.token > self._durable]
+                if self._waiters:
+                    heir = min(self._waiters, key=lambda w: w.token)
+                    self._waiters.remove(heir)
+                    heir.lead = True
+                    wake.append(heir)
+                else:
+                    self._leader = False
+            for w in wake:
+                w.event.set()
+
+    def _gather(self) -> None:
+        """As group leader, wait up to group_commit_window for as many pending records as the
+        previous group had (only when that group had several writers)."""
+        window = self.settings.group_commit_window
+        if window <= 0 or self._last_group <= 1:
+            return
+        deadline = perf_counter() + window
+        with self._cond:
+            self._gathering = True
+            try:
+                while self._appended - self._durable < self._last_group and not self._failed:
+                    remaining = deadline - perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            finally:
+                self._gathering = False
+
+    def _fsync_covering(self) -> int:
+        """One fsync that makes every record appended so far durable; returns that count."""
+        with self._lock:
+            if self._failed:
+                raise self._failure()
+            seg = self._active
+            upto = self._appended
+        if seg is None:       # everything is in closed segments, fsynced when they closed
+            return upto
+        with seg.sync_lock:
+            h = seg.handle
+            if h is None or upto <= self._durable:   # closed (fsynced) or covered meanwhile
+                return upto
+            t0 = perf_counter()
+            try:
+                h.fsync()
+            except OSError as e:
+                raise self._fail(f"fsync of {seg.path} failed: {e}") from e
+            dt = perf_counter() - t0
+        before = self._durable
+        self._mark_durable(upto, dt)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("wal %s: fsync of %s made %d records durable in %.3f ms", self.name,
+                      seg.name, max(0, upto - before), dt * 1e3)
+        return upto
+
+    def _mark_durable(self, upto: int, fsync_seconds: float) -> None:
+        with self._cond:
+            if upto > self._durable:
+                self._durable = upto
+            self._c["fsyncs"] += 1
+            self._c["fsync_seconds"] += fsync_seconds
+            self._cond.notify_all()
+
+    def background_sync(self) -> None:
+        """sync_mode=interval: fsync if anything is pending (called by the strategy's thread).
+        A failure fails the log; the next append or sync raises it."""
+        if self._closed or self._failed or self._appended <= self._durable:
+            return
+        try:
+            self._fsync_covering()
+        except WalError as e:
+            log.error("wal %s: background fsync failed; the log refuses further writes: %s",
+                      self.name, e)
+
+    def _fail(self, message: str) -> WalError:
+        with self._cond:
+            if self._failed is None:
+                self._failed = message
+            self._cond.notify_all()
+        log.error("wal %s: %s; the log refuses further writes until reopened", self.name, message)
+        return WalError(f"WAL of collection {self.name!r}: {message}")
+
+    def _failure(self) -> WalError:
+        return WalError(f"WAL of collection {self.name!r} failed earlier and refuses writes "
+                        f"until reopened: {self._failed}")
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise WalError(f"WAL of collection {self.name!r} is closed")
+        if self._failed:
+            raise self._failure()

@@ -1,0 +1,412 @@
+"""The avro WAL: format, registration, sync modes, rotation, checkpoint, failures, stats."""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+
+import fastavro
+import pytest
+
+from proxistore.contracts import OP_DELETE, OP_INSERT, OP_UPSERT, WalBatch
+from proxistore.errors import (CollectionExists, CollectionNotFound, ConfigError,
+                               InvalidCollectionName, WalError, WalVersionError)
+from proxistore.fileio import LocalFileSystem
+from proxistore.plugins import wal_avro
+from proxistore.plugins.wal_avro import AvroWalStrategy, inspect_wal
+from proxistore.plugins.wal_avro.format import RECORD_SCHEMA, build_header, encode_long
+from proxistore.testing.wal import assert_batches_equal, make_batch
+
+OPS = (OP_INSERT, OP_UPSERT, OP_DELETE)
+
+
+def open_wal(root, fs=None, name="c", **config):
+    s = AvroWalStrategy(config, fs=fs or LocalFileSystem(), root=str(root))
+    if name not in s.list_collections():
+        s.create_collection(name)
+    wal = s.open_collection(name)
+    got = list(wal.replay(0))
+    return s, wal, got
+
+
+def seg_files(root, name="c"):
+    d = os.path.join(str(root), name)
+    return [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".avro")]
+
+
+def test_plugin_registers_avro_with_declared_keys():
+    [spec] = wal_avro.proxistore_wal_strategies()
+    assert spec.name == "avro" and spec.factory is AvroWalStrategy and spec.kind == "wal"
+    keys = {k.name: k for k in spec.keys}
+    assert keys["sync_mode"].default == "group"
+    assert keys["sync_mode"].choices == ("always", "group", "interval", "none")
+    assert keys["recovery_mode"].default == "strict"
+    assert keys["segment_size"].default == 16_000_000 and keys["segment_size"].kind == "size"
+    assert keys["group_commit_window"].kind == keys["sync_interval"].kind == "duration"
+    assert [k for k, v in keys.items() if v.threshold] == ["segment_size"]
+    assert all(k.help for k in spec.keys)
+
+
+def test_unknown_or_invalid_config_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="sync_mod"):
+        AvroWalStrategy({"sync_mod": "always"}, fs=LocalFileSystem(), root=str(tmp_path))
+    with pytest.raises(ConfigError, match="sync_mode"):
+        AvroWalStrategy({"sync_mode": "sometimes"}, fs=LocalFileSystem(), root=str(tmp_path))
+
+
+def test_segments_are_plain_avro_containers_one_record_per_block(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always")
+    want = [make_batch(OPS[i % 3], 1 + 4 * i, 4, 3) for i in range(3)]
+    for b in want:
+        wal.sync(wal.append(b))
+    wal.close()
+    [seg] = seg_files(tmp_path)
+    with open(seg, "rb") as f:
+        reader = fastavro.reader(f)
+        assert reader.metadata["proxistore.format_version"] == "1.0"
+        records = list(reader)
+    with open(seg, "rb") as f:
+        assert [b.num_records for b in fastavro.block_reader(f)] == [1, 1, 1]
+    for rec, b in zip(records, want):
+        assert (rec["first_lsn"], rec["last_lsn"], rec["op"]) == (b.first_lsn, b.last_lsn, b.op)
+        assert rec["ids"] == list(b.ids)
+        if b.vectors is not None:
+            assert rec["dim"] == 3 and rec["vectors"] == b.vectors.astype("<f4").tobytes()
+            assert json.loads(rec["metadata"]) == b.metadata
+        # the CRC covers the encoding of every field before it
+        body = io.BytesIO()
+        fields = [f for f in RECORD_SCHEMA["fields"] if f["name"] != "crc32"]
+        fastavro.schemaless_writer(body, {**RECORD_SCHEMA, "fields": fields}, rec)
+        assert rec["crc32"] == struct.pack(">I", zlib.crc32(body.getvalue()))
+    s.close()
+
+
+def rewrite_with_schema(path, version, extra_field=False):
+    """Rewrite a segment as format ``version``, optionally with a new field before the CRC."""
+    with open(path, "rb") as f:
+        records = list(fastavro.reader(f))
+    schema = json.loads(json.dumps(RECORD_SCHEMA))
+    if extra_field:
+        schema["fields"].insert(-1, {"name": "origin", "type": "string", "default": ""})
+    fields = [f for f in schema["fields"] if f["name"] != "crc32"]
+    out = io.BytesIO()
+    for rec in records:
+        rec["origin"] = "replica-7"
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, {**schema, "fields": fields}, rec)
+        rec["crc32"] = struct.pack(">I", zlib.crc32(body.getvalue()))
+    fastavro.writer(out, schema, records, sync_interval=1,
+                    metadata={"proxistore.format_version": version})
+    with open(path, "wb") as f:
+        f.write(out.getvalue())
+
+
+def test_newer_minor_version_with_added_field_is_read(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always")
+    want = [make_batch(OPS[i % 3], 1 + 2 * i, 2) for i in range(3)]
+    for b in want:
+        wal.sync(wal.append(b))
+    wal.close()
+    s.close()
+    rewrite_with_schema(seg_files(tmp_path)[0], "1.7", extra_field=True)
+    s, wal, got = open_wal(tmp_path)
+    assert_batches_equal(got, want)
+    wal.close()
+
+
+def test_newer_major_version_is_refused_with_wal_version_error(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always")
+    wal.sync(wal.append(make_batch(OP_INSERT, 1, 2)))
+    wal.close()
+    s.close()
+    rewrite_with_schema(seg_files(tmp_path)[0], "2.0")
+    for mode in ("strict", "point_in_time"):
+        with pytest.raises(WalVersionError, match="2.0"):
+            open_wal(tmp_path, recovery_mode=mode)
+
+
+def test_header_encoding_matches_fastavro():
+    marker = bytes(range(16))
+    header = build_header(marker, {"x": "y"})
+    assert header.startswith(b"Obj\x01") and header.endswith(marker)
+    for n in (0, 1, -1, 63, 64, 2 ** 31, -(2 ** 40), 2 ** 62):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, "long", n)
+        assert encode_long(n) == buf.getvalue()
+
+
+def test_segment_rotates_before_exceeding_segment_size(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always", segment_size=4000)
+    want = [make_batch(OP_INSERT, 1 + 5 * i, 5, 16) for i in range(30)]
+    for b in want:
+        wal.sync(wal.append(b))
+    wal.sync(wal.append(big := make_batch(OP_INSERT, 151, 100, 16)))   # alone > segment_size
+    segs = seg_files(tmp_path)
+    assert len(segs) > 5 and wal.stats()["rotations"] == len(segs) - 1
+    assert all(os.path.getsize(p) <= 4000 for p in segs[:-1])
+    assert os.path.getsize(segs[-1]) > 4000
+    wal.close()
+    _, wal, got = open_wal(tmp_path)
+    assert_batches_equal(got, want + [big])
+    wal.close()
+
+
+def test_wal_bytes_stay_bounded_under_steady_ingest_with_rotate_and_checkpoint(tmp_path):
+    seg_size = 64_000
+    s, wal, _ = open_wal(tmp_path, sync_mode="group", segment_size=seg_size)
+    lsn, peak, ingested, flushed = 1, 0, 0, 0
+    while ingested < 10 * seg_size:
+        b = make_batch(OP_INSERT, lsn, 16, 64)       # ~4.5 kB per record
+        wal.sync(wal.append(b))
+        lsn = b.last_lsn + 1
+        ingested += wal.stats()["bytes_appended"] - ingested
+        if (b.last_lsn // 16) % 10 == 0:              # a flush every 10 batches
+            wal.rotate()                               # at flush start
+            flushed = b.last_lsn                       # the engine durably stored <= flushed
+            wal.checkpoint(flushed)
+        on_disk = sum(os.path.getsize(p) for p in seg_files(tmp_path))
+        assert on_disk == wal.size_bytes()
+        peak = max(peak, on_disk)
+    assert ingested >= 10 * seg_size
+    assert peak <= seg_size + 10 * 5000 + 2000        # one segment + one flush interval
+    stats = wal.stats()
+    assert stats["bytes_freed"] >= ingested - peak and stats["segments_deleted"] > 5
+    wal.close()
+    _, wal, got = open_wal(tmp_path)
+    assert [b.first_lsn for b in got if b.last_lsn > flushed] == list(range(flushed + 1, lsn, 16))
+    wal.close()
+
+
+def test_a_checkpoint_cut_short_by_a_crash_leaves_only_flushed_segments_behind(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always")
+    want = [make_batch(OP_INSERT, 1 + 4 * i, 4) for i in range(6)]
+    for i, b in enumerate(want):
+        wal.sync(wal.append(b))
+        if i % 2 == 1:
+            wal.rotate()                                # three closed segments of two batches
+    first = seg_files(tmp_path)[0]
+    saved = open(first, "rb").read()
+    flushed = want[3].last_lsn
+    assert wal.checkpoint(flushed) > 0 and len(seg_files(tmp_path)) == 1
+    wal.close()
+    with open(first, "wb") as f:                        # its unlink never reached the disk
+        f.write(saved)
+    s = AvroWalStrategy({}, fs=LocalFileSystem(), root=str(tmp_path))
+    wal = s.open_collection("c")
+    assert_batches_equal(list(wal.replay(flushed)), want[4:])
+    assert wal.recovery.skipped_batches == 2
+    assert wal.checkpoint(flushed) == len(saved)
+    assert len(seg_files(tmp_path)) == 1 and first not in seg_files(tmp_path)
+    wal.close()
+    s.close()
+
+
+def test_group_commit_shares_fsyncs_among_eight_writers(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="group")
+    lock = threading.Lock()
+    lsn = [1]
+    errors = []
+
+    def writer():
+        try:
+            for _ in range(40):
+                with lock:
+                    token = wal.append(make_batch(OP_INSERT, lsn[0], 1, 8))
+                    lsn[0] += 1
+                wal.sync(token)
+        except WalError as e:
+            errors.append(e)
+
+    before = wal.stats()["fsyncs"]
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = wal.stats()
+    assert stats["appends"] == 320
+    assert stats["fsyncs"] - before < 320 and stats["pending_records"] == 0
+    wal.close()
+    _, wal, got = open_wal(tmp_path)
+    assert [b.first_lsn for b in got] == list(range(1, 321))
+    wal.close()
+
+
+def test_group_commit_under_concurrent_rotation_loses_nothing(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="group", segment_size=2000)
+    lock = threading.Lock()
+    lsn = [1]
+
+    def writer():
+        for _ in range(30):
+            with lock:
+                token = wal.append(make_batch(OP_INSERT, lsn[0], 2, 16))
+                lsn[0] += 2
+            wal.sync(token)
+
+    threads = [threading.Thread(target=writer) for _ in range(6)] + [
+        threading.Thread(target=lambda: [wal.rotate() or time.sleep(0.001) for _ in range(50)])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wal.stats()["rotations"] > 10
+    wal.close()
+    _, wal, got = open_wal(tmp_path)
+    assert [b.first_lsn for b in got] == list(range(1, 361, 2))
+    wal.close()
+
+
+def test_interval_mode_syncs_in_the_background(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="interval", sync_interval=0.02)
+    t0 = time.perf_counter()
+    for i in range(5):
+        wal.sync(wal.append(make_batch(OP_INSERT, 1 + i, 1)))
+    assert wal.stats()["pending_records"] > 0 or time.perf_counter() - t0 > 0.02
+    deadline = time.time() + 5
+    while wal.stats()["pending_records"] and time.time() < deadline:
+        time.sleep(0.01)
+    assert wal.stats()["pending_records"] == 0
+    s.close()
+
+
+def test_none_mode_never_fsyncs_records_but_close_does(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="none")
+    for i in range(20):
+        wal.sync(wal.append(make_batch(OP_INSERT, 1 + i, 1)))
+    assert wal.stats()["fsyncs"] == 1              # the new segment's header only
+    wal.close()
+    assert wal.stats()["fsyncs"] == 2
+    s.close()
+
+
+class FailingFsync(LocalFileSystem):
+    """The real filesystem, except that fsyncs fail with EIO once armed (a dying disk)."""
+
+    armed = False
+
+    def _fsync(self, handle):
+        if self.armed:
+            handle.raw.flush()
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        super()._fsync(handle)
+
+
+@pytest.mark.parametrize("mode", ["always", "group"])
+def test_fsync_failure_is_raised_and_every_later_sync_and_append_fails(tmp_path, mode):
+    fs = FailingFsync()
+    s, wal, _ = open_wal(tmp_path, fs=fs, sync_mode=mode)
+    good = make_batch(OP_INSERT, 1, 2)
+    wal.sync(wal.append(good))
+    fs.armed = True
+    token = wal.append(make_batch(OP_INSERT, 3, 2))
+    with pytest.raises(WalError, match="fsync"):
+        wal.sync(token)
+    fs.armed = False                               # a retry would "succeed": it must not be trusted
+    with pytest.raises(WalError, match="failed earlier"):
+        wal.sync(token)
+    with pytest.raises(WalError, match="failed earlier"):
+        wal.append(make_batch(OP_INSERT, 5, 2))
+    assert wal.stats()["failed"]
+    wal.close()
+    s.close()
+    _, wal, got = open_wal(tmp_path)               # reopening recovers what is on disk
+    assert got[0].first_lsn == 1
+    wal.close()
+
+
+def test_fsync_failure_under_group_commit_fails_every_waiting_writer_and_none_hangs(tmp_path):
+    fs = FailingFsync()
+    s, wal, _ = open_wal(tmp_path, fs=fs, sync_mode="group")
+    lock = threading.Lock()
+    lsn = [1]
+    outcomes = []
+
+    def writer():
+        for i in range(30):
+            if i == 10:
+                fs.armed = True
+            try:
+                with lock:
+                    token = wal.append(make_batch(OP_INSERT, lsn[0], 1))
+                    lsn[0] += 1
+                wal.sync(token)
+                outcomes.append("ok")
+            except WalError:
+                outcomes.append("error")
+                return
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a writer hangs after an fsync failure"
+    assert outcomes.count("error") == 6
+    wal.close()
+    s.close()
+
+
+def test_stats_time_append_and_fsync_separately_and_debug_logs_name_the_work(tmp_path, caplog):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always")
+    with caplog.at_level(logging.DEBUG, logger="proxistore.wal"):
+        wal.sync(wal.append(make_batch(OP_INSERT, 1, 50, 32)))
+    stats = wal.stats()
+    assert stats["append_seconds"] > 0 and stats["fsync_seconds"] > 0 and stats["fsyncs"] == 2
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "append of 50 rows (encode+CRC+write" in text and "no fsync" in text
+    assert "fsync of wal-0000000001.avro made 1 records durable" in text
+    assert "header write + file fsync + directory fsync" in text
+    wal.close()
+
+
+def test_strategy_collections_lifecycle(tmp_path):
+    s = AvroWalStrategy({}, fs=LocalFileSystem(), root=str(tmp_path / "wal"))
+    assert s.list_collections() == []
+    with pytest.raises(InvalidCollectionName):
+        s.create_collection("../escape")
+    with pytest.raises(CollectionNotFound):
+        s.open_collection("missing")
+    s.create_collection("a")
+    s.create_collection("a")                       # an empty log: idempotent
+    wal = s.open_collection("a")
+    with pytest.raises(WalError, match="already open"):
+        s.open_collection("a")
+    wal.sync(wal.append(make_batch(OP_INSERT, 1, 1)))
+    with pytest.raises(CollectionExists):
+        s.create_collection("a")
+    s.create_collection("b")
+    assert s.list_collections() == ["a", "b"]
+    s.drop_collection("a")                         # closes the open log first
+    assert s.list_collections() == ["b"]
+    s.close()
+
+
+def test_inspect_reports_segments_lsn_ranges_and_bytes(tmp_path):
+    s, wal, _ = open_wal(tmp_path, sync_mode="always", segment_size=3000)
+    for i in range(12):
+        wal.sync(wal.append(make_batch(OP_INSERT, 1 + 10 * i, 10, 8)))
+    wal.close()
+    info = inspect_wal(str(tmp_path))
+    c = info["collections"]["c"]
+    assert c["records"] == 12 and c["rows"] == 120 and (c["first_lsn"], c["last_lsn"]) == (1, 120)
+    assert c["bytes"] == info["bytes"] == sum(os.path.getsize(p) for p in seg_files(tmp_path))
+    assert len(c["segments"]) > 1 and all(e["problem"] is None for e in c["segments"])
+    json.dumps(info)
+
+
+def test_empty_or_inconsistent_batches_are_refused(tmp_path):
+    s, wal, _ = open_wal(tmp_path)
+    with pytest.raises(WalError):
+        wal.append(WalBatch(op=OP_INSERT, first_lsn=1, ids=[]))
+    with pytest.raises(WalError):
+        wal.append(WalBatch(op=OP_INSERT, first_lsn=1, ids=["a"]))       # no vectors
+    wal.close()
+
