@@ -123,7 +123,7 @@ class Database:
         rt.recovery = event.to_dict()
         if wal.recovery.torn_tails or wal.recovery.set_aside:
             log.warning("recovered %s: %s", name, rt.recovery)
-        self._fire("proxistore_wal_recovered", event)
+        self.registry.notify("proxistore_wal_recovered", event)
         return max(max_lsn, store.flushed_lsn)
 
     # -- collections -------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Database:
                                        f"'manual' to flush.policies (enabled: {self.config.policies})",
                                        key="flush.policies", file=self.config.source)
             freeze_for(rt, request)
-            done += [e.to_dict() for e in drain(rt, self.registry.hook, self.flush_logs[n])]
+            done += [e.to_dict() for e in drain(rt, self.registry, self.flush_logs[n])]
         return done
 
     def compact(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -260,14 +260,8 @@ class Database:
         history = self.compactions.setdefault(name, [])
         history.append(event)
         del history[:-20]
-        self._fire("proxistore_compaction_finished", event)
+        self.registry.notify("proxistore_compaction_finished", event)
         return event
-
-    def _fire(self, hook_name: str, event: Any) -> None:
-        try:
-            getattr(self.registry.hook, hook_name)(event=event)
-        except Exception:  # observer hooks are third-party code: log, never break the data path
-            log.exception("observer hook %s failed", hook_name)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no background flush or compaction is running; False on timeout."""

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from typing import Any, Deque, List, Optional
+from typing import Deque, List, Optional
 
 from .contracts import FlushRequest
 from .errors import FlushError
 from .events import FlushEvent
 from .memtable import Memtable
+from .registry import Registry
 from .runtime import CollectionRuntime
 
 __all__ = ["FlushLog", "freeze_for", "drain"]
@@ -52,7 +53,7 @@ def freeze_for(rt: CollectionRuntime, request: FlushRequest) -> Optional[Memtabl
     return frozen
 
 
-def drain(rt: CollectionRuntime, hook: Any, flush_log: FlushLog) -> List[FlushEvent]:
+def drain(rt: CollectionRuntime, registry: Registry, flush_log: FlushLog) -> List[FlushEvent]:
     """Flush every frozen memtable of ``rt``, oldest first; raises FlushError on the first failure."""
     events = []
     with rt.flush_lock:
@@ -62,18 +63,18 @@ def drain(rt: CollectionRuntime, hook: Any, flush_log: FlushLog) -> List[FlushEv
                 frozen = rt.oldest_frozen()
                 if frozen is None:
                     return events
-                events.append(_flush(rt, frozen, hook, flush_log))
+                events.append(_flush(rt, frozen, registry, flush_log))
         finally:
             rt.flushing = False
 
 
-def _flush(rt: CollectionRuntime, frozen: Memtable, hook: Any, flush_log: FlushLog) -> FlushEvent:
+def _flush(rt: CollectionRuntime, frozen: Memtable, registry: Registry, flush_log: FlushLog) -> FlushEvent:
     request = frozen.flush_reason
     started = time.perf_counter()
     event = FlushEvent(collection=rt.name, reason=request, started_at=time.time(),
                        attempt=flush_log.consecutive_failures + 1)
     event.phases["freeze"] = frozen.freeze_seconds
-    _fire(hook.proxistore_flush_started, event)
+    registry.notify("proxistore_flush_started", event)
     try:
         rows = frozen.to_segment_rows()
         result = rt.store.write_segment(rows)
@@ -89,7 +90,7 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, hook: Any, flush_log: FlushL
         flush_log.last_error = event.error
         log.error("flush of %s failed (attempt %d, %s); memtable and WAL kept: %s",
                   rt.name, event.attempt, request.describe(), event.error)
-        _fire(hook.proxistore_flush_finished, event)
+        registry.notify("proxistore_flush_finished", event)
         raise FlushError(f"flush of collection {rt.name!r} failed: {event.error}") from exc
     rt.drop_frozen(frozen)
     rt.db.admission.memory_freed()
@@ -105,13 +106,5 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, hook: Any, flush_log: FlushL
     log.info("flushed %s: %d rows, %d deletes, %d bytes to %s in %.3fs (%s); phases %s",
              rt.name, event.rows, event.deletes, event.bytes, event.segment, event.seconds,
              request.describe(), {k: round(v, 6) for k, v in event.phases.items()})
-    _fire(hook.proxistore_flush_finished, event)
+    registry.notify("proxistore_flush_finished", event)
     return event
-
-
-def _fire(hook_caller: Any, event: Any) -> None:
-    """Call an observer hook; an observer's bug is logged, never breaks the data path."""
-    try:
-        hook_caller(event=event)
-    except Exception:  # observers are third-party code; the flush itself already succeeded or failed
-        log.exception("an observer hook failed on %s", type(event).__name__)

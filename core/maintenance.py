@@ -109,7 +109,7 @@ class Maintenance:
             return
         flush_log = self.db.flush_logs[name]
         try:
-            drain(rt, self.db.registry.hook, flush_log)
+            drain(rt, self.db.registry, flush_log)
         except FlushError as exc:
             delay = min(self.max_backoff, self.initial_backoff * (2 ** (flush_log.consecutive_failures - 1)))
             with self._lock:

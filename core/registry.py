@@ -9,6 +9,7 @@ name are rejected, naming both packages.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,8 @@ from .specs import ComponentSpec, FlushPolicySpec, StorageEngineSpec, WalStrateg
 
 __all__ = ["Registry", "LoadedPlugin", "get_registry", "build_registry", "ENTRY_POINT_GROUP",
            "STRICT_ENV", "DISABLE_EXTERNAL_ENV"]
+
+log = logging.getLogger("proxistore.plugins")
 
 ENTRY_POINT_GROUP = "proxistore"
 STRICT_ENV = "PROXISTORE_STRICT_PLUGINS"
@@ -154,10 +157,15 @@ class Registry:
     def broken(self) -> List[LoadedPlugin]:
         return [p for p in self.plugins if p.error]
 
-    @property
-    def hook(self) -> Any:
-        """The pluggy hook relay, for firing observer hooks."""
-        return self.pm.hook
+    def notify(self, hook_name: str, event: Any) -> None:
+        """Call every implementation of an observer hook with ``event``, each on its own: an
+        observer that raises is logged and does not keep the others (or the data path) from running."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(event=event)
+            except Exception:  # observers are third-party code; the event already happened
+                log.exception("observer %s of plugin %s failed on %s", hook_name, impl.plugin_name,
+                              type(event).__name__)
 
 
 def _entry_points() -> Iterable[Any]:
