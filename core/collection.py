@@ -104,10 +104,9 @@ class Collection:
         if len(q) != 1:
             raise InvalidVector(f"search takes one query, got {len(q)}; use search_batch")
         hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
-        ids = [i for i in hits.ids[0] if i is not None]
-        records = dict(zip(ids, rt.get(ids)))
-        return [Hit(id_, float(d), records[id_].metadata if records.get(id_) else None)
-                for id_, d in zip(hits.ids[0], hits.distances[0]) if id_ is not None]
+        found = [(id_, d) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist()) if id_ is not None]
+        records = rt.get([id_ for id_, _ in found]) if found else []
+        return [Hit(id_, d, rec.metadata if rec is not None else None) for (id_, d), rec in zip(found, records)]
 
     def search_batch(self, queries: Any, k: int = 10, filter: Optional[Mapping[str, Any]] = None,
                      ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:

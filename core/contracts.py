@@ -280,6 +280,10 @@ class CollectionStore(abc.ABC):
         """Compact and index now, and wait."""
         return None
 
+    def stop_background(self) -> None:
+        """The database is closing: make running background work stop at its next safe point
+        (abandoning uncommitted output), and return at once."""
+
     @abc.abstractmethod
     def stats(self) -> Dict[str, Any]:
         """At least: segments, rows, bytes."""

@@ -151,9 +151,12 @@ class Maintenance:
         return False
 
     def stop(self, timeout: float) -> None:
+        """Stop scheduling, let running flushes finish, ask storage work to stop early; bounded."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        for rt in self.db.runtimes():
+            rt.store.stop_background()
         with self._lock:
             futures = [f for f in list(self._running.values()) + list(self._storage_running.values())]
         done, not_done = wait(futures, timeout=timeout)

@@ -181,8 +181,9 @@ class CollectionRuntime:
         parts: List[SearchHits] = []
         newer: List[str] = []
         for mt in memtables:
-            parts.append(mt.search(queries, k, filter=filter, shadowed=newer))
-            newer = newer + mt.ids() if len(memtables) > 1 else newer
+            if len(mt):                           # an empty memtable has nothing to add or shadow
+                parts.append(mt.search(queries, k, filter=filter, shadowed=newer))
+                newer = newer + mt.ids() if len(memtables) > 1 else newer
         parts.append(self._search_store(queries, k, filter, ef, memtables))
         return _merge(parts, m, k)
 
@@ -270,24 +271,49 @@ class CollectionRuntime:
 
 
 def _merge(parts: List[SearchHits], m: int, k: int) -> SearchHits:
-    """Merge per-source top-k lists by distance, one entry per id (the newest LSN)."""
+    """Merge per-source top-k lists by distance, one entry per id (the newest LSN).
+
+    Each source lists an id at most once per query (a memtable holds one row per id, a store
+    returns live rows, one version per id), so a single source that is already best-first, k
+    wide and padded only at the end is returned as it is; otherwise entries are taken in distance
+    order, skipping ids already taken.
+    """
+    found = [(p, p.ids != None) for p in parts if p.ids.size]  # noqa: E711 (elementwise)
+    live = [(p, valid) for p, valid in found if valid.any()]
+    if not live:
+        return SearchHits.empty(m, k)
+    if len(live) == 1:
+        p, valid = live[0]
+        if (p.ids.shape[1] == k and (valid[:, :-1] >= valid[:, 1:]).all()
+                and (p.distances[:, 1:] >= p.distances[:, :-1]).all()):
+            return p
     out = SearchHits.empty(m, k)
-    ids = np.concatenate([p.ids for p in parts], axis=1)
-    dists = np.concatenate([p.distances for p in parts], axis=1)
-    lsns = np.concatenate([p.lsns for p in parts], axis=1)
+    ids = np.concatenate([p.ids for p, _ in live], axis=1)
+    dists = np.concatenate([p.distances for p, _ in live], axis=1)
+    lsns = np.concatenate([p.lsns for p, _ in live], axis=1)
     order = np.argsort(dists, axis=1, kind="stable")
+    ids_l, order_l = ids.tolist(), order.tolist()          # plain lists: the loop stays in Python
+    rows, cols, taken = [], [], []
     for qi in range(m):
+        row_ids = ids_l[qi]
         seen = set()
         j = 0
-        for col in order[qi]:
-            id_ = ids[qi, col]
+        for col in order_l[qi]:
+            id_ = row_ids[col]
             if id_ is None or id_ in seen:
                 continue
             seen.add(id_)
-            out.ids[qi, j] = id_
-            out.distances[qi, j] = dists[qi, col]
-            out.lsns[qi, j] = lsns[qi, col]
+            rows.append(qi)
+            cols.append(j)
+            taken.append(col)
             j += 1
             if j == k:
                 break
+    if taken:
+        r = np.asarray(rows)
+        c = np.asarray(cols)
+        src = np.asarray(taken)
+        out.ids[r, c] = ids[r, src]
+        out.distances[r, c] = dists[r, src]
+        out.lsns[r, c] = lsns[r, src]
     return out

@@ -151,7 +151,8 @@ def _load_copy(view: SegmentView, directory: str) -> Optional[AnnIndex]:
 
 def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim: int, metric: str,
           alloc: Callable[[], int], write: Callable[[str, object], int],
-          write_index: Callable[[str, AnnIndex], IndexRef]) -> MergeOutput:
+          write_index: Callable[[str, AnnIndex], IndexRef],
+          cancel: Optional[Callable[[], bool]] = None) -> MergeOutput:
     """Write the merge of ``views`` (their live rows) as a new segment, with its index."""
     phases: Dict[str, float] = {}
     t = time.perf_counter()
@@ -200,10 +201,10 @@ def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim
             prepared = prepare(vectors, metric)
             index = _load_copy(base, directory) if base is not None else None
             if index is not None:
-                index.add(prepared[base.data.n:])
+                index.add(prepared[base.data.n:], cancel)
                 out.reused_index = True
             else:
-                index = build_index(s.index, s.index_backend, s.index_params(), prepared, metric)
+                index = build_index(s.index, s.index_backend, s.index_params(), prepared, metric, cancel)
             phases["index_build"] = time.perf_counter() - t
         nbytes, phases["write"] = pending.result()
     out.files.append(file)

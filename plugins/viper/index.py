@@ -19,13 +19,21 @@ import math
 import os
 import tempfile
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
 from proxistore.distance import normalize
 
-__all__ = ["AnnIndex", "FaissIndex", "HnswlibIndex", "IndexShortfall", "prepare", "build_index",
+#: Rows added to an index between two checks of the cancel flag (about 0.5 s of HNSW build).
+ADD_CHUNK_ROWS = 4096
+
+
+class BuildCancelled(Exception):
+    """An index build or merge was abandoned because its collection is closing."""
+
+
+__all__ = ["BuildCancelled", "AnnIndex", "FaissIndex", "HnswlibIndex", "IndexShortfall", "prepare", "build_index",
            "load_index", "auto_nlist"]
 
 
@@ -87,9 +95,17 @@ class AnnIndex(abc.ABC):
         """Estimated distance evaluations per query of :meth:`search` when a selector keeps
         ``fraction`` of the rows (HNSW: efSearch' * 2M; IVF: nprobe' * rows / nlist; flat: rows)."""
 
+    def add(self, vectors: np.ndarray, cancel: Optional[Callable[[], bool]] = None) -> None:
+        """Append prepared vectors (labelled ``ntotal``, ``ntotal + 1``, ...), in chunks, raising
+        :class:`BuildCancelled` between chunks once ``cancel()`` is true (close() is waiting)."""
+        for start in range(0, len(vectors), ADD_CHUNK_ROWS):
+            if cancel is not None and cancel():
+                raise BuildCancelled("index build stopped: the collection is closing")
+            self._add(vectors[start:start + ADD_CHUNK_ROWS])
+
     @abc.abstractmethod
-    def add(self, vectors: np.ndarray) -> None:
-        """Append prepared vectors (labelled ``ntotal``, ``ntotal + 1``, ...)."""
+    def _add(self, vectors: np.ndarray) -> None:
+        """Append one chunk of prepared vectors."""
 
     @abc.abstractmethod
     def to_bytes(self) -> Any:
@@ -138,7 +154,8 @@ class FaissIndex(AnnIndex):
                 self._pinned = int(ef)
 
     @classmethod
-    def build(cls, kind: str, params: Dict[str, Any], x: np.ndarray, metric: str) -> "FaissIndex":
+    def build(cls, kind: str, params: Dict[str, Any], x: np.ndarray, metric: str,
+              cancel: Optional[Callable[[], bool]] = None) -> "FaissIndex":
         import faiss
         n, dim = x.shape
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -152,9 +169,9 @@ class FaissIndex(AnnIndex):
             index.train(x)
         else:
             index = faiss.IndexFlat(dim, fm)
-        if n:
-            index.add(x)
-        return cls(index, kind, metric, dim, params)
+        built = cls(index, kind, metric, dim, params)
+        built.add(x, cancel)
+        return built
 
     @classmethod
     def from_bytes(cls, data: bytes, kind: str, metric: str, dim: int, params: Dict[str, Any]) -> "FaissIndex":
@@ -207,7 +224,7 @@ class FaissIndex(AnnIndex):
             out = np.where(missing, np.float32(np.inf), out)
         return pos, out
 
-    def add(self, vectors: np.ndarray) -> None:
+    def _add(self, vectors: np.ndarray) -> None:
         if len(vectors):
             self.index.add(vectors)
 
@@ -232,15 +249,16 @@ class HnswlibIndex(AnnIndex):
         return "l2" if metric == "l2" else "ip"
 
     @classmethod
-    def build(cls, params: Dict[str, Any], x: np.ndarray, metric: str) -> "HnswlibIndex":
+    def build(cls, params: Dict[str, Any], x: np.ndarray, metric: str,
+              cancel: Optional[Callable[[], bool]] = None) -> "HnswlibIndex":
         import hnswlib
         n, dim = x.shape
         index = hnswlib.Index(space=cls._space(metric), dim=dim)
         index.init_index(max_elements=max(n, 1), ef_construction=int(params["ef_construction"]),
                          M=int(params["m"]), random_seed=100)
-        if n:
-            index.add_items(x, np.arange(n))
-        return cls(index, metric, dim, params)
+        built = cls(index, metric, dim, params)
+        built.add(x, cancel)
+        return built
 
     @classmethod
     def from_file(cls, path: str, metric: str, dim: int, params: Dict[str, Any], rows: int) -> "HnswlibIndex":
@@ -270,7 +288,7 @@ class HnswlibIndex(AnnIndex):
         return labels.astype(np.int64), _to_convention(dist, self.metric,
                                                       kind="l2" if self.metric == "l2" else "one_minus_dot")
 
-    def add(self, vectors: np.ndarray) -> None:
+    def _add(self, vectors: np.ndarray) -> None:
         if len(vectors):
             start = self.ntotal
             self.index.resize_index(start + len(vectors))
@@ -284,11 +302,12 @@ class HnswlibIndex(AnnIndex):
                 return f.read()
 
 
-def build_index(kind: str, backend: str, params: Dict[str, Any], x: np.ndarray, metric: str) -> AnnIndex:
-    """Build an index over prepared vectors ``x`` (see :func:`prepare`)."""
+def build_index(kind: str, backend: str, params: Dict[str, Any], x: np.ndarray, metric: str,
+                cancel: Optional[Callable[[], bool]] = None) -> AnnIndex:
+    """Build an index over prepared vectors ``x`` (see :func:`prepare`); ``cancel`` as in ``add``."""
     if backend == "hnswlib":
-        return HnswlibIndex.build(params, x, metric)
-    return FaissIndex.build(kind, params, x, metric)
+        return HnswlibIndex.build(params, x, metric, cancel)
+    return FaissIndex.build(kind, params, x, metric, cancel)
 
 
 def load_index(data: bytes, path: str, kind: str, backend: str, params: Dict[str, Any],

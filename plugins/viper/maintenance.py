@@ -22,7 +22,7 @@ from proxistore.errors import StorageError
 
 from .compaction import index_signature, merge, plan_full, plan_size_tiered
 from .deletions import mark
-from .index import build_index
+from .index import BuildCancelled, build_index
 from .snapshot import SegmentView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,18 +41,24 @@ class Maintenance:
         """
         if not self._maintain_lock.acquire(blocking=False):
             return []
+        results: List[CompactionResult] = []
         try:
-            results = []
             if self.settings.auto_compaction:
-                while not self._compact_waiting:
+                while not self._compact_waiting and not self._stopping.is_set():
                     plan = plan_size_tiered(self._state.views, self.settings)
                     if plan is None:
                         break
                     results.append(self._merge(plan[0], plan[1]))
             self._build_indexes(yield_to_compact=True)
-            return results
+        except BuildCancelled:
+            pass  # closing: what was written and not committed is an orphan, removed on open
         finally:
             self._maintain_lock.release()
+        return results
+
+    def stop_background(self: "ViperCollection") -> None:
+        """Make a running maintain() stop at its next safe point (between index chunks)."""
+        self._stopping.set()
 
     def compact(self: "ViperCollection") -> Optional[CompactionResult]:
         """Merge every segment below ``compaction_target_rows`` (or with deleted rows) into as
@@ -86,7 +92,8 @@ class Maintenance:
     def _merge(self: "ViperCollection", group: Sequence[SegmentView], reason: str) -> CompactionResult:
         start = time.perf_counter()
         out = merge(group, self.settings, directory=self.directory, dim=self.dim, metric=self.metric,
-                    alloc=self._alloc, write=self._write, write_index=self._write_index)
+                    alloc=self._alloc, write=self._write, write_index=self._write_index,
+                    cancel=self._stopping.is_set)
         names = {v.entry.name for v in group}
         old_files: List[str] = []
         with self._commit_lock:
@@ -148,7 +155,7 @@ class Maintenance:
     def _build_indexes(self: "ViperCollection", *, yield_to_compact: bool = False) -> int:
         built = 0
         for view in list(self._state.views):
-            if yield_to_compact and self._compact_waiting:
+            if (yield_to_compact and self._compact_waiting) or self._stopping.is_set():
                 break
             if self._needs_index(view):
                 self._build_index(view)
@@ -157,7 +164,8 @@ class Maintenance:
 
     def _build_index(self: "ViperCollection", view: SegmentView) -> None:
         s = self.settings
-        index = build_index(s.index, s.index_backend, s.index_params(), view.data.prepared(), self.metric)
+        index = build_index(s.index, s.index_backend, s.index_params(), view.data.prepared(), self.metric,
+                            self._stopping.is_set)
         ref = self._write_index(view.entry.name, index)
         with self._commit_lock:
             state = self._state

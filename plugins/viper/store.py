@@ -15,7 +15,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import replace
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class ViperCollection(Maintenance, CollectionStore):
         self._maintain_lock = threading.Lock()    # one compaction / index build pass at a time
         self._alloc_lock = threading.Lock()
         self._compact_waiting = 0                 # compact() callers waiting for maintain()
+        self._stopping = threading.Event()        # set by stop_background(): closing
         self.counters = SearchCounters()
         self.events: Counter = Counter()
         manifest = load_manifest(fs, directory)

@@ -1,0 +1,156 @@
+"""Background maintenance under failure: a failed flush loses nothing and is retried with
+back-off; close() never hangs; the memory cap holds under a writer flood."""
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import proxistore
+from proxistore.errors import CloseTimeout
+from proxistore.fileio import LocalFileSystem
+
+
+class FailingFileSystem(LocalFileSystem):
+    """The real filesystem, except that writes to files matching ``pattern`` fail with ENOSPC
+    while ``failing`` is set (a full disk), and their fsyncs can be slowed down."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.failing = threading.Event()
+        self.fsync_delay = 0.0
+        self.failures = 0
+
+    def _matches(self, path: str) -> bool:
+        return fnmatch.fnmatch(os.path.basename(path), self.pattern)
+
+    def _write(self, handle, data):
+        if self.failing.is_set() and self._matches(handle.path):
+            self.failures += 1
+            raise OSError(errno.ENOSPC, "No space left on device (injected)", handle.path)
+        return super()._write(handle, data)
+
+    def _fsync(self, handle):
+        if self.fsync_delay and self._matches(handle.path):
+            time.sleep(self.fsync_delay)
+        super()._fsync(handle)
+
+
+def rows(n, seed=0, dim=32):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+CONFIG = {"flush": {"size": {"memory_flush_size_bytes": "20kB"}},
+          "maintenance": {"check_interval": "20ms", "retry_initial_backoff": "20ms", "retry_max_backoff": "200ms"}}
+
+
+def test_failed_background_flush_keeps_data_retries_with_backoff_and_recovers(tmp_path, caplog):
+    fs = FailingFileSystem("*.parquet")
+    fs.failing.set()
+    caplog.set_level(logging.WARNING, logger="proxistore")
+    with proxistore.open(tmp_path / "db", CONFIG, fs=fs) as db:
+        col = db.create_collection("c", dim=32)
+        vecs = rows(300)
+        col.insert([f"r{i}" for i in range(300)], vecs)
+        deadline = time.monotonic() + 10
+        while db.stats()["collections"]["c"]["flushes"]["failures"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s = db.stats()["collections"]["c"]
+        assert s["flushes"]["failures"] >= 3 and "No space left" in s["flushes"]["last_error"]
+        assert s["storage"]["segments"] == 0 and s["memtable"]["rows"] == 300
+        assert any("retrying in" in r.getMessage() for r in caplog.records)
+        assert db.stats()["maintenance"]["retry_in_seconds"] or db.stats()["maintenance"]["flushing"]
+        # everything stays readable while the disk is full
+        assert col.count() == 300 and col.search(vecs[5], k=1)[0].id == "r5"
+        failures_before = fs.failures
+        time.sleep(0.3)
+        assert fs.failures - failures_before <= 6, "retries are not backing off"
+        fs.failing.clear()                                   # space comes back
+        deadline = time.monotonic() + 10
+        while db.stats()["collections"]["c"]["storage"]["rows"] < 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        db.wait_idle()
+        s = db.stats()["collections"]["c"]
+        assert s["storage"]["rows"] == 300 and s["flushes"]["by_policy"].get("size", 0) >= 1
+    with proxistore.open(tmp_path / "db") as db:
+        col = db.collection("c")
+        assert col.count() == 300
+        ids, _ = col.search_batch(vecs, k=1)
+        assert list(ids[:, 0]) == [f"r{i}" for i in range(300)]
+
+
+def test_data_written_while_flushes_fail_survives_a_crash(tmp_path):
+    fs = FailingFileSystem("*.parquet")
+    fs.failing.set()
+    db = proxistore.open(tmp_path / "db", CONFIG, fs=fs)
+    col = db.create_collection("c", dim=32)
+    col.insert([f"r{i}" for i in range(300)], rows(300))
+    time.sleep(0.2)
+    # no close(): the process "dies" here; drop the lock the way the kernel would
+    db.maintenance.pause()
+    db._lock.release()
+    with proxistore.open(tmp_path / "db") as again:
+        assert again.collection("c").count() == 300
+
+
+def test_close_waits_for_a_running_flush_but_never_hangs(tmp_path):
+    fs = FailingFileSystem("*.parquet")
+    fs.fsync_delay = 2.0
+    cfg = {**CONFIG, "maintenance": {**CONFIG["maintenance"], "close_timeout": "300ms"}}
+    db = proxistore.open(tmp_path / "db", cfg, fs=fs)
+    col = db.create_collection("c", dim=32)
+    col.insert([f"r{i}" for i in range(300)], rows(300))
+    deadline = time.monotonic() + 5
+    while not db.stats()["maintenance"]["flushing"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(CloseTimeout, match="recoverable"):
+        db.close()
+    assert time.monotonic() - started < 1.5
+    time.sleep(2.5)  # let the slow fsync finish before reopening the same directory
+    with proxistore.open(tmp_path / "db") as again:
+        assert again.collection("c").count() == 300
+
+
+def test_writer_flood_never_takes_memtables_past_the_memory_limit(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    limit = 64_000_000
+    cfg = {"flush": {"global_memory": {"global_flush_threshold": "48MB", "global_memory_limit": "64MB"}},
+           "maintenance": {"check_interval": "20ms"}}
+    proc = psutil.Process()
+    with proxistore.open(tmp_path / "db", cfg) as db:
+        cols = [db.create_collection(f"c{i}", dim=384) for i in range(2)]
+        peak = {"mem": 0, "rss": 0}
+        stop = threading.Event()
+        baseline = proc.memory_info().rss
+
+        def sample():
+            while not stop.is_set():
+                peak["mem"] = max(peak["mem"], db.stats()["memtable_bytes"])
+                peak["rss"] = max(peak["rss"], proc.memory_info().rss)
+                time.sleep(0.005)
+
+        def writer(w):
+            for b in range(60):
+                cols[w].insert([f"{w}-{b}-{i}" for i in range(1000)], rows(1000, seed=w * 1000 + b, dim=384))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        writers = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        stop.set()
+        sampler.join()
+        assert sum(c.count() for c in cols) == 120_000          # ~ 185 MB of vectors, 3x the limit
+        assert peak["mem"] <= limit
+        assert db.stats()["backpressure"]["timeouts"] == 0
+        overhead = peak["rss"] - baseline
+        assert overhead < limit + 400_000_000, f"RSS grew by {overhead / 1e6:.0f} MB under a 64 MB memtable limit"
