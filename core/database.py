@@ -27,6 +27,7 @@ from .errors import (CollectionExists, CollectionNotFound, DatabaseClosed, Polic
 from .events import CompactionEvent, RecoveryEvent
 from .fileio import FileSystem, default_filesystem
 from .flush import FlushLog, drain, freeze_for
+from .jsonable import jsonable
 from .lock import DirectoryLock
 from .maintenance import Maintenance
 from .registry import Registry, get_registry
@@ -289,7 +290,7 @@ class Database:
                 "recovery": rt.recovery,
                 "overrides": dict(rt.info.overrides),
             }
-        return _jsonable({
+        return jsonable({
             "path": self.path, "config": self.config.source,
             "wal_strategy": self.config.wal_spec.name, "storage_engine": self.config.storage_spec.name,
             "flush_policies": self.config.policies,
@@ -311,7 +312,7 @@ class Database:
             if not policy.readings(state, name):
                 rows.append({"policy": policy.name, "key": None, "threshold": None, "measured": None,
                              "unit": "", "due": False})
-        return _jsonable(rows)
+        return jsonable(rows)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -347,21 +348,6 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<proxistore.Database {self.path!r}{' closed' if self._closed else ''}>"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars and tuples converted), so stats() always serialises."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
 
 
 def open_database(path: Union[str, "os.PathLike[str]"], config: Any = None, **kwargs: Any) -> Database:

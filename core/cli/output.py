@@ -14,6 +14,8 @@ import sys
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from rich.console import Console
+
+from ..jsonable import jsonable
 from rich.table import Table
 from rich.text import Text
 
@@ -184,23 +186,4 @@ def shorten(text: Any, width: int = 80) -> str:
     """One line of at most ``width`` characters (newlines collapsed, an ellipsis when cut)."""
     s = " ".join(str(text).split())
     return s if len(s) <= width else s[: width - 1] + "…"
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON values: numpy arrays and scalars converted, NaN and infinity as null."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
 

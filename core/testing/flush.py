@@ -19,20 +19,19 @@ import pytest
 from proxistore.config import parse_section
 from proxistore.contracts import CollectionState, DatabaseState, FlushPolicy, FlushRequest, ThresholdReading
 from proxistore.registry import get_registry
+from .base import ContractSuite
 
 __all__ = ["FlushPolicyContract"]
 
 HUGE = 10 ** 15
 
 
-class FlushPolicyContract:
-    __test__ = False
+class FlushPolicyContract(ContractSuite):
+    """Behavioural checks every :class:`~proxistore.contracts.FlushPolicy` must pass."""
+
+    __test__ = False  # the suite itself; its subclasses are collected
     policy_name: str = ""
     config: Mapping[str, Any] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.__test__ = True
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from proxistore.contracts import (CollectionInfo, CollectionStore, SegmentRows, 
 from proxistore.distance import distances, exact_topk
 from proxistore.fileio import FileSystem, LocalFileSystem
 from proxistore.filters import compile_filter, metadata_table
+from .base import ContractSuite
 
 __all__ = ["StorageEngineContract", "make_rows"]
 
@@ -48,20 +49,16 @@ def make_rows(ids: Sequence[str], vectors: np.ndarray, first_lsn: int, *,
                        max_lsn=int(first_lsn + n + len(deleted) - 1))
 
 
-class StorageEngineContract:
+class StorageEngineContract(ContractSuite):
     """Behavioural checks every :class:`~proxistore.contracts.StorageEngine` must pass."""
 
-    __test__ = False
+    __test__ = False  # the suite itself; its subclasses are collected
+
     #: the class (or callable) to test: ``factory(config, *, fs, root)``
     engine_factory: ClassVar[Any] = None
     #: its parsed config section (also passed to ``open_collection``)
     config: ClassVar[Mapping[str, Any]] = {}
     dim: ClassVar[int] = 8
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "__test__" not in cls.__dict__:
-            cls.__test__ = True
 
     # -- helpers a subclass may override -------------------------------------------------
 

@@ -27,6 +27,7 @@ from proxistore.contracts import (OP_DELETE, OP_INSERT, OP_UPSERT, CollectionWal
                                   WalStrategy)
 from proxistore.errors import ProxistoreError
 from proxistore.fileio import FileSystem, LocalFileSystem
+from .base import ContractSuite
 
 __all__ = ["WalStrategyContract", "make_batch", "assert_batches_equal"]
 
@@ -67,20 +68,16 @@ def assert_batches_equal(got: Sequence[WalBatch], want: Sequence[WalBatch]) -> N
                 [dict(m) if m is not None else None for m in w.metadata]
 
 
-class WalStrategyContract:
+class WalStrategyContract(ContractSuite):
     """Behavioural checks every :class:`~proxistore.contracts.WalStrategy` must pass."""
 
-    __test__ = False
+    __test__ = False  # the suite itself; its subclasses are collected
+
     #: the class (or callable) to test: ``factory(config, *, fs, root)``
     strategy_factory: ClassVar[Any] = None
     #: its parsed config section
     config: ClassVar[Mapping[str, Any]] = {}
     dim: ClassVar[int] = 8
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "__test__" not in cls.__dict__:
-            cls.__test__ = True
 
     # -- helpers a subclass may override -------------------------------------------------
 
