@@ -261,3 +261,19 @@ def test_a_threshold_under_a_policy_that_is_not_enabled_is_refused_at_start(tmp_
     from proxistore.errors import ConfigError
     with pytest.raises(ConfigError, match="flush.time"):
         proxistore.open(tmp_path / "db", {"flush": {"policies": ["size"], "time": {"max_unflushed_age": "1s"}}})
+
+
+def test_a_per_collection_override_is_enforced_for_that_collection_alone(tmp_path):
+    with open_db(tmp_path / "db", ["size"]) as db:               # database default: 1 MB
+        small = db.create_collection("small", dim=64,
+                                     config={"flush": {"size": {"memory_flush_size_bytes": "20kB"}}})
+        big = db.create_collection("big", dim=64)
+        for col in (small, big):
+            col.insert([f"r{i}" for i in range(100)], rows(100))  # ~ 45 kB each
+        f = first_flush_by(db, "small", "size", CHECK + MARGIN)
+        assert f and f["reason"]["threshold"] == 20_000
+        time.sleep(5 * CHECK)
+        assert flushes(db, "big") == []
+    with open_db(tmp_path / "db", ["size"]) as db:               # the override persisted
+        db.collection("small").insert([f"s{i}" for i in range(100)], rows(100, seed=3))
+        assert first_flush_by(db, "small", "size", CHECK + MARGIN)
