@@ -105,6 +105,8 @@ class Collection:
             raise InvalidVector(f"search takes one query, got {len(q)}; use search_batch")
         hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
         found = [(id_, d) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist()) if id_ is not None]
+        if not rt._meta_types:        # no row of this collection has ever had metadata: nothing to fetch
+            return [Hit(id_, d, None) for id_, d in found]
         records = rt.get([id_ for id_, _ in found]) if found else []
         return [Hit(id_, d, rec.metadata if rec is not None else None) for (id_, d), rec in zip(found, records)]
 

@@ -178,6 +178,11 @@ class CollectionRuntime:
         """Top-k over memtables and storage: newest version wins, deleted ids never appear."""
         memtables = list(self.memtables)          # snapshot before the store: see module doc
         m = len(queries)
+        if not any(len(mt) for mt in memtables):  # everything is in storage: its hits are the answer
+            hits = self.store.search(queries, k, filter=filter, ef=ef)
+            if hits.ids.shape == (m, k):
+                return hits
+            return _merge([hits], m, k)
         parts: List[SearchHits] = []
         newer: List[str] = []
         for mt in memtables:
