@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 from proxistore import __version__
 from proxistore.errors import ConfigError, InputError, ProxistoreError
 
+from .bench_cmd import add_bench_commands
 from .common import UsageError
 from .output import Output
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
              _handler("wal_cmd", "cmd_wal_verify"))):
         p = command(name, helptext, handler, wal_sub)
         p.add_argument("dir", nargs="?", metavar="DIR", help="data directory (default: --data)")
+    add_bench_commands(command, _handler)  # bench, ab: see bench_cmd.py
     return parser
 
 
