@@ -312,7 +312,7 @@ def parse_section(spec: ComponentSpec, given: Mapping[str, Any], path: str, sour
         try:
             validator(out)
         except ConfigError as exc:
-            raise ConfigError(str(exc), key=f"{path}.{exc.key}" if exc.key else path, file=source) from None
+            raise ConfigError(exc.reason, key=f"{path}.{exc.key}" if exc.key else path, file=source) from None
     return out
 
 

@@ -100,6 +100,7 @@ class ConfigError(ProxistoreError, ValueError):
         self.file = file
         self.line = line
         self.column = column
+        self.reason = message  # the message without the file and key prefix
         where = []
         if file:
             where.append(str(file))
