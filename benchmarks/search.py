@@ -428,7 +428,9 @@ def print_layers(rounds: List[Dict[str, Any]]) -> None:
         "CollectionStore.search": "viper: argument checks, segment snapshot, planner, faiss, ids/LSNs",
         "core read path": "core: memtable search, superseded check, merge of sources",
         "search_batch (1 query)": "public API: validation (finite check), filter compile",
-        "search": "metadata fetch (memtables, then CollectionStore.get; skipped when the collection has no metadata), Hit objects",
+        "search": "metadata read along with the store's hits (CollectionStore.search_with_metadata; memtables and "
+                  "CollectionStore.metadata when a memtable holds rows; skipped when the collection has no metadata), "
+                  "Hit objects",
     }
     prev = None
     for name in LAYERS:

@@ -103,12 +103,18 @@ class Collection:
         q = check_queries(query, rt.dim)
         if len(q) != 1:
             raise InvalidVector(f"search takes one query, got {len(q)}; use search_batch")
-        hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
+        with_meta = bool(rt._meta_types)   # False: no row of this collection ever had metadata
+        hits = rt.search(q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef),
+                         with_metadata=with_meta)
+        if not with_meta:
+            return [Hit(id_, d, None) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist())
+                    if id_ is not None]
+        if hits.metadata is not None:      # read by the store along with its hits
+            return [Hit(id_, d, meta) for id_, d, meta in
+                    zip(hits.ids[0].tolist(), hits.distances[0].tolist(), hits.metadata[0]) if id_ is not None]
         found = [(id_, d) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist()) if id_ is not None]
-        if not rt._meta_types:        # no row of this collection has ever had metadata: nothing to fetch
-            return [Hit(id_, d, None) for id_, d in found]
-        records = rt.get([id_ for id_, _ in found]) if found else []
-        return [Hit(id_, d, rec.metadata if rec is not None else None) for (id_, d), rec in zip(found, records)]
+        metas = rt.metadata([id_ for id_, _ in found]) if found else []
+        return [Hit(id_, d, meta) for (id_, d), meta in zip(found, metas)]
 
     def search_batch(self, queries: Any, k: int = 10, filter: Optional[Mapping[str, Any]] = None,
                      ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -110,6 +110,11 @@ class CollectionWal(abc.ABC):
     def rotate(self) -> None:
         """Close the active segment so that everything appended so far is in closed segments."""
 
+    def prepare_rotation(self) -> None:
+        """Called by the core after each :meth:`rotate`, outside its locks and off the write
+        path (appends go on meanwhile): do ahead what the first appends after rotations would
+        otherwise do, such as creating segment files. Optional; must not raise."""
+
     @abc.abstractmethod
     def checkpoint(self, flushed_lsn: int) -> int:
         """Delete closed segments whose records are all ``<= flushed_lsn``; return bytes freed."""
@@ -207,12 +212,15 @@ class SegmentWriteResult:
 class SearchHits:
     """Top-k results for ``m`` queries: arrays of shape ``(m, k)``, best first.
 
-    Missing results are padded with id ``None``, distance ``inf`` and LSN ``-1``.
+    Missing results are padded with id ``None``, distance ``inf`` and LSN ``-1``. ``metadata``
+    (per query, per hit) is only set by :meth:`CollectionStore.search_with_metadata` of an
+    engine that reads it along with the hits.
     """
 
     ids: np.ndarray        # object
     distances: np.ndarray  # float32
     lsns: np.ndarray       # int64
+    metadata: Optional[List[List[Optional[Mapping[str, Any]]]]] = None
 
     @classmethod
     def empty(cls, m: int, k: int) -> "SearchHits":
@@ -256,9 +264,23 @@ class CollectionStore(abc.ABC):
                ef: Optional[int] = None) -> SearchHits:
         """Top-k live rows per query (``filter`` is a :class:`proxistore.filters.MetadataFilter`)."""
 
+    def search_with_metadata(self, queries: np.ndarray, k: int, *, filter: Any = None,
+                             ef: Optional[int] = None) -> SearchHits:
+        """:meth:`search`, with each hit's metadata in ``metadata`` when the engine can read it
+        along (it knows where each hit is stored; :meth:`metadata` has to look every id up
+        again). This default leaves ``metadata`` None and the caller uses :meth:`metadata`."""
+        return self.search(queries, k, filter=filter, ef=ef)
+
     @abc.abstractmethod
     def get(self, ids: Sequence[str]) -> Dict[str, StoredRecord]:
         """The live stored version of each id that has one."""
+
+    def metadata(self, ids: Sequence[str]) -> Dict[str, Optional[Mapping[str, Any]]]:
+        """The metadata (None when it has none) of each id that has a live stored version.
+
+        What ``search`` reads for its hits. This default goes through :meth:`get`; an engine
+        may override it with a read that skips the vectors."""
+        return {id_: rec.metadata for id_, rec in self.get(ids).items()}
 
     @abc.abstractmethod
     def existing(self, ids: Sequence[str]) -> set:

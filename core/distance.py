@@ -15,7 +15,9 @@ METRICS = ("cosine", "l2", "ip")
 
 def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # what np.linalg.norm(x, axis=1, keepdims=True) computes, without its Python overhead
+    # (a third of this function's time for one query)
+    norms = np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))
     norms[norms == 0] = 1.0
     return (x / norms).astype(np.float32, copy=False)
 

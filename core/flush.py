@@ -38,19 +38,18 @@ class FlushLog:
         self.last_error: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return {"total": sum(self.by_policy.values()), "by_policy": dict(self.by_policy),
+        # Copies first, each made in one C call that a worker's append cannot interleave with:
+        # iterating the live deque in Python raises "deque mutated during iteration" when a
+        # flush finishes meanwhile (stats() is called from any thread).
+        recent, by_policy = list(self.recent), dict(self.by_policy)
+        return {"total": sum(by_policy.values()), "by_policy": by_policy,
                 "failures": self.failures, "last_error": self.last_error,
-                "last": [e.to_dict() for e in self.recent]}
+                "last": [e.to_dict() for e in recent]}
 
 
 def freeze_for(rt: CollectionRuntime, request: FlushRequest) -> Optional[Memtable]:
     """Freeze ``rt``'s active memtable for ``request``; None when it is empty."""
-    started = time.perf_counter()
-    frozen = rt.freeze()
-    if frozen is not None:
-        frozen.flush_reason = request
-        frozen.freeze_seconds = time.perf_counter() - started
-    return frozen
+    return rt.freeze(request)
 
 
 def drain(rt: CollectionRuntime, registry: Registry, flush_log: FlushLog) -> List[FlushEvent]:

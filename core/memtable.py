@@ -128,6 +128,13 @@ class Memtable:
             return None
         return int(self._lsns[row]), not bool(self._deleted[row])
 
+    def live_states(self, ids: set) -> Dict[str, bool]:
+        """For the ids in ``ids`` that have a row here: whether it is live (not a tombstone)."""
+        with self._lock:
+            deleted = self._deleted
+            return {id_: not deleted[row] for id_, row in
+                    ((i, self._row_of[i]) for i in self._row_of.keys() & ids)}
+
     def get(self, id_: str) -> Optional[StoredRecord]:
         """The id's live row (``None`` if absent or deleted here; check :meth:`lookup` first)."""
         with self._lock:
@@ -135,6 +142,12 @@ class Memtable:
             if row is None or self._deleted[row]:
                 return None
             return StoredRecord(id_, self._vectors[row].copy(), self._meta[row], int(self._lsns[row]))
+
+    def metadata(self, id_: str) -> Optional[Mapping[str, Any]]:
+        """The metadata of the id's row (None if it has none; check :meth:`lookup` first)."""
+        with self._lock:
+            row = self._row_of.get(id_)
+            return None if row is None else self._meta[row]
 
     def live_rows(self) -> int:
         with self._lock:

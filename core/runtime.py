@@ -120,24 +120,25 @@ class CollectionRuntime:
                 del self._pending[id_]
 
     def _states(self, ids: Sequence[str]) -> Dict[str, bool]:
-        """Whether each id currently has a live version (pending, memtables, then storage)."""
+        """Whether each id currently has a live version (pending, memtables newest first, then
+        storage). Each source is asked once for all the ids still unresolved (a set
+        intersection), not once per id: under fast ingest dozens of frozen memtables may wait
+        for their flush, and every insert asks all of them."""
         out: Dict[str, bool] = {}
-        rest: List[str] = []
-        memtables = self.memtables
-        for id_ in ids:
-            entry = self._pending.get(id_)
-            if entry is not None:
-                out[id_] = entry[1]
-                continue
-            for mt in memtables:
-                found = mt.lookup(id_)
-                if found is not None:
-                    out[id_] = found[1]
-                    break
-            else:
-                rest.append(id_)
+        rest = set(ids)
+        pending = self._pending
+        if pending:
+            for id_ in rest.intersection(pending):
+                out[id_] = pending[id_][1]
+            rest.difference_update(out)
+        for mt in self.memtables:
+            if not rest:
+                break
+            found = mt.live_states(rest)
+            out.update(found)
+            rest.difference_update(found)
         if rest:
-            stored = self.store.existing(rest)
+            stored = self.store.existing(list(rest))
             for id_ in rest:
                 out[id_] = id_ in stored
         return out
@@ -174,12 +175,42 @@ class CollectionRuntime:
                 found[id_] = stored.get(id_)
         return [found[i] for i in ids]
 
-    def search(self, queries: np.ndarray, k: int, filter: Any = None, ef: Optional[int] = None) -> SearchHits:
-        """Top-k over memtables and storage: newest version wins, deleted ids never appear."""
+    def metadata(self, ids: Sequence[str]) -> List[Optional[Mapping[str, Any]]]:
+        """The metadata of the newest live version of each id (None if it has none or is gone);
+        what ``search`` fetches for its hits, without copying vectors."""
+        memtables = [mt for mt in self.memtables if len(mt)]
+        if not memtables:                      # everything is in storage
+            stored = self.store.metadata(ids)
+            return [stored.get(i) for i in ids]
+        found: Dict[str, Optional[Mapping[str, Any]]] = {}
+        rest = []
+        for id_ in ids:
+            for mt in memtables:
+                hit = mt.lookup(id_)
+                if hit is not None:
+                    found[id_] = mt.metadata(id_) if hit[1] else None
+                    break
+            else:
+                rest.append(id_)
+        if rest:
+            stored = self.store.metadata(rest)
+            for id_ in rest:
+                found[id_] = stored.get(id_)
+        return [found[i] for i in ids]
+
+    def search(self, queries: np.ndarray, k: int, filter: Any = None, ef: Optional[int] = None,
+               with_metadata: bool = False) -> SearchHits:
+        """Top-k over memtables and storage: newest version wins, deleted ids never appear.
+
+        ``with_metadata``: ask the store for its hits' metadata along (``hits.metadata``; it
+        may stay None, then the caller uses :meth:`metadata`)."""
         memtables = list(self.memtables)          # snapshot before the store: see module doc
         m = len(queries)
         if not any(len(mt) for mt in memtables):  # everything is in storage: its hits are the answer
-            hits = self.store.search(queries, k, filter=filter, ef=ef)
+            if with_metadata:
+                hits = self.store.search_with_metadata(queries, k, filter=filter, ef=ef)
+            else:
+                hits = self.store.search(queries, k, filter=filter, ef=ef)
             if hits.ids.shape == (m, k):
                 return hits
             return _merge([hits], m, k)
@@ -235,8 +266,15 @@ class CollectionRuntime:
         memtables = self.memtables
         return memtables[-1] if len(memtables) > 1 else None
 
-    def freeze(self) -> Optional[Memtable]:
-        """Make the active memtable immutable (after in-flight batches land) and rotate the WAL."""
+    def freeze(self, reason: Any = None) -> Optional[Memtable]:
+        """Make the active memtable immutable (after in-flight batches land), tagged with
+        ``reason`` (the FlushRequest), and rotate the WAL; None when it is empty.
+
+        The tag is set before the memtable joins the frozen ones, since a running drain may
+        pick it up at once. Writers wait while this holds the lock, so only the rotation itself
+        is done there; the WAL then makes its next segments ahead (on this thread, while writers
+        go on, see ``CollectionWal.prepare_rotation``)."""
+        started = time.perf_counter()
         with self._cond:
             self._freezing = True
             try:
@@ -246,11 +284,14 @@ class CollectionRuntime:
                 if len(active) == 0:
                     return None
                 self.wal.rotate()
+                active.flush_reason = reason
+                active.freeze_seconds = time.perf_counter() - started
                 self.memtables = [Memtable(self.dim, self.metric)] + self.memtables
-                return active
             finally:
                 self._freezing = False
                 self._cond.notify_all()
+        self.wal.prepare_rotation()
+        return active
 
     def drop_frozen(self, frozen: Memtable) -> None:
         with self._cond:

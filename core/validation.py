@@ -76,6 +76,8 @@ def _as_float_matrix(data: Any, what: str) -> np.ndarray:
         arr = np.asarray(data)
     except (ValueError, TypeError) as exc:
         raise InvalidVector(f"{what} are not a numeric array: {exc}") from None
+    if arr.dtype.kind == "f":    # the usual case, decided without np.issubdtype (5 µs a query)
+        return arr
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise InvalidVector(f"{what} must be numeric, got an array of {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype == bool:

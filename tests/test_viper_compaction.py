@@ -80,8 +80,9 @@ def test_manual_compaction_packs_non_full_segments_to_about_the_target():
 
 def test_the_stated_segment_bound_for_the_defaults():
     d = ViperSettings()
-    # F=4, B=1024, T=100,000: 1 + ceil(log4(97.7)) = 5 tiers of at most 3, plus floor(N / T)
-    assert segment_bound(d, 200_000) == 3 * 5 + 2 == 17
+    # F=4, B=1024, T=250,000: 1 + ceil(log4(244.1)) = 5 tiers of at most 3, plus floor(N / T)
+    assert segment_bound(d, 200_000) == 3 * 5 + 0 == 15
+    assert segment_bound(d, 1_000_000) == 3 * 5 + 4 == 19
     assert segment_bound(ViperSettings(compaction_target_rows=4096, compaction_base_rows=1024), 0) == 3 * 2
 
 
@@ -205,7 +206,7 @@ def test_live_segments_stay_bounded_ingesting_200k_vectors_in_1mb_flushes(tmp_pa
     every flush as the core's background thread would, and check the stated bound each time."""
     engine, store = open_store(tmp_path, auto_compaction=True, indexing_threshold=1_000_000)
     bound_200k = segment_bound(store.settings, 200_000)
-    assert bound_200k == 17
+    assert bound_200k == 15
     per_flush, total = 600, 200_000
     rng = np.random.default_rng(0)
     lsn, written, peak, flushes = 1, 0, 0, 0

@@ -5,7 +5,8 @@
 Prints ``READY`` once the log is open, ``ACK first last`` after each batch's ``sync`` returned,
 and ``FLUSH lsn`` before each checkpoint (as the core records a flush before checkpointing).
 Thread 0 plays the flusher: every few acknowledgements it rotates (under the append lock, as the
-core does at flush start), prints FLUSH and checkpoints. A small segment_size makes rotation by
+core does at flush start), prepares spare segments (outside the lock, as the core does right
+after), prints FLUSH and checkpoints. A small segment_size makes rotation by
 size frequent too. Batch contents are ``make_batch(op(first_lsn), first_lsn, n)``.
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
             if k == 0 and acked % 7 == 0:
                 with lock:
                     wal.rotate()
+                wal.prepare_rotation()   # outside the lock, as the core does: other writers append meanwhile
                 emit(f"FLUSH {batch.last_lsn}")
                 wal.checkpoint(batch.last_lsn)
 

@@ -163,6 +163,23 @@ class StorageEngineContract(ContractSuite):
         want = distances(v[1:2], newer[:1], "l2")[0, 0]
         assert hits.distances[0, row] == pytest.approx(want, rel=1e-4, abs=1e-4)
 
+    def test_metadata_read_agrees_with_get(self, root: str) -> None:
+        engine, store = self.new_store(root)
+        v = self.vectors(12)
+        ids = [f"id{i}" for i in range(12)]
+        meta = [{"n": i, "tag": f"t{i % 3}", "x": i / 2, "ok": i % 2 == 0} if i % 4 else None for i in range(12)]
+        store.write_segment(make_rows(ids, v, 1, metadata=meta))
+        store.write_segment(make_rows(["id1", "id5"], v[:2], 13, metadata=[{"tag": "new"}, None],
+                                      deleted=["id2"]))
+        self.settle(store)
+        want = {i: (dict(r.metadata) if r.metadata is not None else None)
+                for i, r in store.get(ids + ["nope"]).items()}
+        got = {i: (dict(m) if m is not None else None) for i, m in store.metadata(ids + ["nope"]).items()}
+        assert got == want
+        assert set(got) == set(ids) - {"id2"}
+        assert got["id1"] == {"tag": "new"} and got["id5"] is None and got["id0"] is None
+        assert got["id3"] == {"n": 3, "tag": "t0", "x": 1.5, "ok": False}
+
     def test_tombstones_hide_stored_rows_everywhere(self, root: str) -> None:
         engine, store = self.new_store(root)
         v = self.vectors(10)

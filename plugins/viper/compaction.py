@@ -152,11 +152,12 @@ def _load_copy(view: SegmentView, directory: str) -> Optional[AnnIndex]:
 def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim: int, metric: str,
           alloc: Callable[[], int], write: Callable[[str, object], int],
           write_index: Callable[[str, AnnIndex], IndexRef],
-          cancel: Optional[Callable[[], bool]] = None) -> MergeOutput:
-    """Write the merge of ``views`` (their live rows) as a new segment, with its index."""
+          cancel: Optional[Callable[[], bool]] = None, with_index: bool = True) -> MergeOutput:
+    """Write the merge of ``views`` (their live rows) as a new segment, with its index when
+    ``with_index`` and it has at least ``indexing_threshold`` rows."""
     phases: Dict[str, float] = {}
     t = time.perf_counter()
-    base = _reusable_base(views, s) if len(views) > 1 else None
+    base = _reusable_base(views, s) if len(views) > 1 and with_index else None
     ordered = ([base] if base else []) + [v for v in views if v is not base]
     ids, vecs, lsns, metas = [], [], [], []
     positions: Dict[str, np.ndarray] = {}
@@ -196,7 +197,7 @@ def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="viper-merge-write") as pool:
         pending = pool.submit(write_segment_file)
         index = None
-        if offset >= s.indexing_threshold:
+        if with_index and offset >= s.indexing_threshold:
             t = time.perf_counter()
             prepared = prepare(vectors, metric)
             index = _load_copy(base, directory) if base is not None else None

@@ -49,9 +49,13 @@ CONFIG_KEYS: Tuple[ConfigKey, ...] = (
                    "(also the fan-in: tier j holds base_rows*F^(j-1) .. base_rows*F^j live rows)"),
     ConfigKey("compaction_base_rows", "int", 1024, unit="rows", minimum=1, **_PC,
               help="segments under this many live rows share the smallest size tier"),
-    ConfigKey("compaction_target_rows", "int", 100_000, unit="rows", minimum=1, threshold=True, **_PC,
+    ConfigKey("compaction_target_rows", "int", 250_000, unit="rows", minimum=1, threshold=True, **_PC,
               help="segments with at least this many live rows are full: size-tiered merging leaves "
-                   "them alone and db.compact() packs smaller ones up to about this size"),
+                   "them alone and db.compact() packs smaller ones up to about this size. Each "
+                   "segment costs every query one more ANN search: at 200,000 rows, 250,000 (from "
+                   "100,000) gave 1.7x the batch throughput and 0.43x the single-query latency for "
+                   "1.11x the time to index (A/B in benchmarks/README.md); a merge holds its "
+                   "segment's vectors and index in memory (~0.4 GB at 384-d)"),
     ConfigKey("compaction_deleted_fraction", "float", 0.2, maximum=1.0, threshold=True, **_PC,
               help="a segment whose deleted (or superseded) rows reach this fraction is rewritten "
                    "without them"),
@@ -76,7 +80,7 @@ class ViperSettings:
     auto_compaction: bool = True
     compaction_min_segments: int = 4
     compaction_base_rows: int = 1024
-    compaction_target_rows: int = 100_000
+    compaction_target_rows: int = 250_000
     compaction_deleted_fraction: float = 0.2
 
     @classmethod

@@ -95,13 +95,16 @@ class AnnIndex(abc.ABC):
         """Estimated distance evaluations per query of :meth:`search` when a selector keeps
         ``fraction`` of the rows (HNSW: efSearch' * 2M; IVF: nprobe' * rows / nlist; flat: rows)."""
 
-    def add(self, vectors: np.ndarray, cancel: Optional[Callable[[], bool]] = None) -> None:
-        """Append prepared vectors (labelled ``ntotal``, ``ntotal + 1``, ...), in chunks, raising
-        :class:`BuildCancelled` between chunks once ``cancel()`` is true (close() is waiting)."""
-        for start in range(0, len(vectors), ADD_CHUNK_ROWS):
+    def add(self, vectors: np.ndarray, cancel: Optional[Callable[[], bool]] = None,
+            chunk_rows: Optional[int] = None) -> None:
+        """Append prepared vectors (labelled ``ntotal``, ``ntotal + 1``, ...), in chunks of
+        ``chunk_rows`` (default :data:`ADD_CHUNK_ROWS`), raising :class:`BuildCancelled` between
+        chunks once ``cancel()`` is true (close() is waiting)."""
+        chunk = chunk_rows or ADD_CHUNK_ROWS
+        for start in range(0, len(vectors), chunk):
             if cancel is not None and cancel():
                 raise BuildCancelled("index build stopped: the collection is closing")
-            self._add(vectors[start:start + ADD_CHUNK_ROWS])
+            self._add(vectors[start:start + chunk])
 
     @abc.abstractmethod
     def _add(self, vectors: np.ndarray) -> None:
@@ -155,7 +158,7 @@ class FaissIndex(AnnIndex):
 
     @classmethod
     def build(cls, kind: str, params: Dict[str, Any], x: np.ndarray, metric: str,
-              cancel: Optional[Callable[[], bool]] = None) -> "FaissIndex":
+              cancel: Optional[Callable[[], bool]] = None, chunk_rows: Optional[int] = None) -> "FaissIndex":
         import faiss
         n, dim = x.shape
         fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
@@ -170,7 +173,7 @@ class FaissIndex(AnnIndex):
         else:
             index = faiss.IndexFlat(dim, fm)
         built = cls(index, kind, metric, dim, params)
-        built.add(x, cancel)
+        built.add(x, cancel, chunk_rows)
         return built
 
     @classmethod
@@ -193,6 +196,16 @@ class FaissIndex(AnnIndex):
         return n
 
     def search(self, queries, k, *, ef, nprobe, allowed=None, n_allowed=None):
+        if allowed is None and self._pinned is not None and max(ef, k) == self._pinned:
+            # The usual unfiltered query at the configured efSearch: straight to faiss. The
+            # general path below costs ~10 µs more per call (a third of viper's overhead on a
+            # single query).
+            dist, pos = self.index.search(queries, k)
+            out = (np.float32(1.0) - dist) if self.metric == "cosine" else \
+                (dist if self.metric == "l2" else -dist)
+            if pos.size and pos.min() < 0:
+                out = np.where(pos < 0, np.float32(np.inf), out)
+            return pos, out
         import faiss
         n = self.ntotal
         fraction = 1.0 if allowed is None else (n_allowed if n_allowed is not None else int(allowed.sum())) / max(n, 1)
@@ -219,9 +232,8 @@ class FaissIndex(AnnIndex):
             dist, pos = self.index.search(queries, k, params=params)
         del bits  # the bitmap must outlive the search: keep it referenced until here
         out = _to_convention(dist, self.metric, kind="l2" if self.metric == "l2" else "dot")
-        missing = pos < 0
-        if missing.any():
-            out = np.where(missing, np.float32(np.inf), out)
+        if pos.size and pos.min() < 0:    # one reduction: the common case costs ~1 µs less a query
+            out = np.where(pos < 0, np.float32(np.inf), out)
         return pos, out
 
     def _add(self, vectors: np.ndarray) -> None:
@@ -250,14 +262,14 @@ class HnswlibIndex(AnnIndex):
 
     @classmethod
     def build(cls, params: Dict[str, Any], x: np.ndarray, metric: str,
-              cancel: Optional[Callable[[], bool]] = None) -> "HnswlibIndex":
+              cancel: Optional[Callable[[], bool]] = None, chunk_rows: Optional[int] = None) -> "HnswlibIndex":
         import hnswlib
         n, dim = x.shape
         index = hnswlib.Index(space=cls._space(metric), dim=dim)
         index.init_index(max_elements=max(n, 1), ef_construction=int(params["ef_construction"]),
                          M=int(params["m"]), random_seed=100)
         built = cls(index, metric, dim, params)
-        built.add(x, cancel)
+        built.add(x, cancel, chunk_rows)
         return built
 
     @classmethod
@@ -303,11 +315,12 @@ class HnswlibIndex(AnnIndex):
 
 
 def build_index(kind: str, backend: str, params: Dict[str, Any], x: np.ndarray, metric: str,
-                cancel: Optional[Callable[[], bool]] = None) -> AnnIndex:
-    """Build an index over prepared vectors ``x`` (see :func:`prepare`); ``cancel`` as in ``add``."""
+                cancel: Optional[Callable[[], bool]] = None, chunk_rows: Optional[int] = None) -> AnnIndex:
+    """Build an index over prepared vectors ``x`` (see :func:`prepare`); ``cancel`` and
+    ``chunk_rows`` as in :meth:`AnnIndex.add`."""
     if backend == "hnswlib":
-        return HnswlibIndex.build(params, x, metric, cancel)
-    return FaissIndex.build(kind, params, x, metric, cancel)
+        return HnswlibIndex.build(params, x, metric, cancel, chunk_rows)
+    return FaissIndex.build(kind, params, x, metric, cancel, chunk_rows)
 
 
 def load_index(data: bytes, path: str, kind: str, backend: str, params: Dict[str, Any],

@@ -98,8 +98,8 @@ def _search_view(view: SegmentView, q_raw: np.ndarray, q_prep: np.ndarray, k: in
             pos, dist = index.search(q_prep, kk, ef=ef, nprobe=settings.ivf_nprobe,
                                      allowed=allowed, n_allowed=n_allowed)
             counters.add("ann_filtered" if filtered else "ann")
-            short = (pos < 0).any(axis=1)
-            if short.any():   # the graph walk found fewer than k allowed rows: redo those exactly
+            short = (pos < 0).any(axis=1) if pos.size and pos.min() < 0 else None
+            if short is not None:   # the graph walk found fewer than k allowed rows: redo those exactly
                 counters.add("ann_shortfall")
                 redo_pos, redo_dist = _exact(data, q_raw[short], q_prep[short], kk, metric, allowed, n_allowed)
                 pos, dist = pos.copy(), dist.copy()
@@ -112,8 +112,10 @@ def _search_view(view: SegmentView, q_raw: np.ndarray, q_prep: np.ndarray, k: in
 
 
 def search_views(views: Tuple[SegmentView, ...], queries: np.ndarray, k: int, *, flt, ef: Optional[int],
-                 settings: ViperSettings, metric: str, counters: SearchCounters) -> SearchHits:
-    """Top-k live rows of ``views`` per query, best first (may raise SegmentRetired)."""
+                 settings: ViperSettings, metric: str, counters: SearchCounters,
+                 with_metadata: bool = False) -> SearchHits:
+    """Top-k live rows of ``views`` per query, best first (may raise SegmentRetired); with
+    ``with_metadata``, the hits' metadata too, read by segment row (no id lookups)."""
     m = len(queries)
     q_raw = np.ascontiguousarray(queries, dtype=np.float32)
     q_prep = prepare(q_raw, metric) if metric == "cosine" else q_raw
@@ -128,14 +130,19 @@ def search_views(views: Tuple[SegmentView, ...], queries: np.ndarray, k: int, *,
     if len(parts) == 1:
         data, pos, dist = parts[0]
         kk = pos.shape[1]
-        if kk == k and (pos >= 0).all():     # the common case: k hits from one segment
-            return SearchHits(data.ids[pos], np.ascontiguousarray(dist, dtype=np.float32), data.lsns[pos])
+        if kk == k and (pos.size == 0 or pos.min() >= 0):    # the common case: k hits from one segment
+            hits = SearchHits(data.ids[pos], np.ascontiguousarray(dist, dtype=np.float32), data.lsns[pos])
+            if with_metadata:
+                hits.metadata = [data.metadata_rows(row) for row in pos]
+            return hits
         hits = SearchHits.empty(m, k)
         valid = pos >= 0
         safe = np.where(valid, pos, 0)
         hits.ids[:, :kk] = np.where(valid, data.ids[safe], None)
         hits.distances[:, :kk] = np.where(valid, dist, np.inf)
         hits.lsns[:, :kk] = np.where(valid, data.lsns[safe], -1)
+        if with_metadata:
+            hits.metadata = _hit_metadata([data], np.zeros_like(pos), pos, k)
         return hits
     all_ids = []
     all_lsns = []
@@ -155,4 +162,27 @@ def search_views(views: Tuple[SegmentView, ...], queries: np.ndarray, k: int, *,
     hits.ids[:, :kk] = np.take_along_axis(ids, order, axis=1)
     hits.distances[:, :kk] = np.take_along_axis(dist, order, axis=1)
     hits.lsns[:, :kk] = np.take_along_axis(lsns, order, axis=1)
+    if with_metadata:
+        part = np.concatenate([np.full(p.shape, i) for i, (_, p, _) in enumerate(parts)], axis=1)
+        pos = np.concatenate([p for _, p, _ in parts], axis=1)
+        hits.metadata = _hit_metadata([d for d, _, _ in parts], np.take_along_axis(part, order, axis=1),
+                                      np.take_along_axis(pos, order, axis=1), k)
     return hits
+
+
+def _hit_metadata(datas: List[SegmentData], part: np.ndarray, pos: np.ndarray, k: int
+                  ) -> List[List[Optional[dict]]]:
+    """Per query, the metadata of each hit (``datas[part]``, row ``pos``; -1: no hit), padded
+    with None to ``k``."""
+    out = []
+    for parts_q, pos_q in zip(part.tolist(), pos.tolist()):
+        row: List[Optional[dict]] = [None] * k
+        by_part: dict = {}
+        for j, (p, r) in enumerate(zip(parts_q, pos_q)):
+            if r >= 0:
+                by_part.setdefault(p, []).append((j, r))
+        for p, hits in by_part.items():
+            for (j, _), meta in zip(hits, datas[p].metadata_rows([r for _, r in hits])):
+                row[j] = meta
+        out.append(row)
+    return out

@@ -5,7 +5,8 @@ then take the commit lock only to decide deletion vectors, fsync the directory, 
 manifest and swap the in-memory :class:`~.snapshot.Snapshot`. Reads take the current snapshot
 once and never wait for a writer. Invariant after every commit: each id has at most one live
 stored row (the newest); older versions are marked in their segment's deletion vector by the
-same commit that writes the newer one.
+same commit that writes the newer one. Where each id's live row is (:mod:`.locations`) is
+updated by the same commits, so ``get``, ``existing`` and superseding never scan segments.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .config import ViperSettings, segment_bound
 from .deletions import decode_deletions, encode_deletions, mark
 from .files import fsync_dir, remove_files, write_file
 from .index import AnnIndex
+from .locations import Locations
 from .maintenance import Maintenance
 from .manifest import (IndexRef, Manifest, SegmentEntry, commit_manifest, load_manifest,
                        remove_orphans)
@@ -67,6 +69,7 @@ class ViperCollection(Maintenance, CollectionStore):
         self.orphans_removed = remove_orphans(fs, directory, manifest)
         self._next_file = manifest.next_file
         self._state = Snapshot(manifest, tuple(self._load_view(e) for e in manifest.segments))
+        self._where = Locations(self._state.views)   # changed only under _commit_lock, after a commit
         self._types_cache: Tuple[int, Dict[str, str]] = (-1, {})
 
     def _load_view(self, entry: SegmentEntry) -> SegmentView:
@@ -162,10 +165,10 @@ class ViperCollection(Maintenance, CollectionStore):
             state = self._state
             targets = set(ids)
             targets.update(rows.deleted_ids)
-            hits = find_live(state.views, targets)
+            hits = self._where.group(targets)
             views = []
             for view in state.views:
-                pairs = hits.get(view)
+                pairs = hits.get(view.data)
                 if not pairs:
                     views.append(view)
                     continue
@@ -182,6 +185,9 @@ class ViperCollection(Maintenance, CollectionStore):
             manifest = state.manifest.with_segments([v.entry for v in views],
                                                     flushed_lsn=max(flushed, int(rows.max_lsn)))
             self._commit(manifest, views, phases)
+            self._where.removed(targets.difference(ids))
+            if new_view is not None:
+                self._where.stored(new_view)
         self._remove(old_files)
         self.events["flushes"] += 1
         return SegmentWriteResult(segment=new_view.entry.name if new_view else None, rows=len(ids),
@@ -192,6 +198,15 @@ class ViperCollection(Maintenance, CollectionStore):
     def search(self, queries: np.ndarray, k: int, *, filter: Any = None,
                ef: Optional[int] = None) -> SearchHits:
         """Top-k live rows per query; ``filter`` is a MetadataFilter (or a spec to compile)."""
+        return self._search(queries, k, filter, ef, False)
+
+    def search_with_metadata(self, queries: np.ndarray, k: int, *, filter: Any = None,
+                             ef: Optional[int] = None) -> SearchHits:
+        """:meth:`search` with each hit's metadata, read by segment row."""
+        return self._search(queries, k, filter, ef, True)
+
+    def _search(self, queries: np.ndarray, k: int, filter: Any, ef: Optional[int],
+                with_metadata: bool) -> SearchHits:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q.reshape(1, -1)
@@ -208,7 +223,8 @@ class ViperCollection(Maintenance, CollectionStore):
             state = self._state
             try:
                 return search_views(state.views, q, int(k), flt=flt, ef=ef, settings=self.settings,
-                                    metric=self.metric, counters=self.counters)
+                                    metric=self.metric, counters=self.counters,
+                                    with_metadata=with_metadata)
             except SegmentRetired:
                 continue   # a compaction committed and removed files this snapshot still listed
         raise StorageError(f"collection {self.info.name!r}: search kept racing compactions")
@@ -216,24 +232,31 @@ class ViperCollection(Maintenance, CollectionStore):
     def get(self, ids: Sequence[str]) -> Dict[str, StoredRecord]:
         """The live stored version of each id that has one (vector, metadata, LSN)."""
         for _ in range(_RETRIES):
-            state = self._state
             try:
                 out: Dict[str, StoredRecord] = {}
-                for view, pairs in find_live(state.views, ids).items():
+                for data, pairs in self._where.group(ids).items():
                     rows = [r for _, r in pairs]
-                    vectors = view.data.vectors()[rows]
-                    metas = view.data.metadata_rows(rows)
+                    vectors = data.vectors()[rows]
+                    metas = data.metadata_rows(rows)
                     for (id_, row), vec, meta in zip(pairs, vectors, metas):
                         out[id_] = StoredRecord(id=id_, vector=np.array(vec), metadata=meta,
-                                                lsn=int(view.data.lsns[row]))
+                                                lsn=int(data.lsns[row]))
                 return out
-            except SegmentRetired:
+            except SegmentRetired:   # its vectors were not loaded and compaction removed its file
                 continue
         raise StorageError(f"collection {self.info.name!r}: get kept racing compactions")
 
+    def metadata(self, ids: Sequence[str]) -> Dict[str, Optional[Dict[str, Any]]]:
+        """The metadata of each id with a live stored version (no vectors are read or copied)."""
+        out: Dict[str, Optional[Dict[str, Any]]] = {}
+        for data, pairs in self._where.group(ids).items():
+            for (id_, _), meta in zip(pairs, data.metadata_rows([r for _, r in pairs])):
+                out[id_] = meta
+        return out
+
     def existing(self, ids: Sequence[str]) -> set:
         """The subset of ``ids`` with a live stored version."""
-        return {id_ for pairs in find_live(self._state.views, ids).values() for id_, _ in pairs}
+        return self._where.existing(ids)
 
     def count(self) -> int:
         return sum(v.entry.live_rows for v in self._state.views)
@@ -302,6 +325,8 @@ def _newest_live(rows: SegmentRows, dim: int) -> Tuple[List[str], np.ndarray, np
     tomb: Dict[str, int] = {}
     for id_, lsn in zip(rows.deleted_ids, np.asarray(rows.deleted_lsns, dtype=np.int64).tolist()):
         tomb[id_] = max(lsn, tomb.get(id_, -1))
+    if len(set(ids)) == n and tomb.keys().isdisjoint(ids):   # a memtable's rows: nothing to drop
+        return ids, vectors.copy(), lsns.copy(), metadata
     newest: Dict[str, int] = {}
     for i, (id_, lsn) in enumerate(zip(ids, lsns.tolist())):
         if lsn <= tomb.get(id_, -1):
@@ -315,18 +340,3 @@ def _newest_live(rows: SegmentRows, dim: int) -> Tuple[List[str], np.ndarray, np
     return [ids[i] for i in keep], vectors[keep], lsns[keep], [metadata[i] for i in keep]
 
 
-def find_live(views: Sequence[SegmentView], ids: Iterable[str]) -> Dict[SegmentView, List[Tuple[str, int]]]:
-    """Per view, the ``(id, row)`` pairs that are the live stored version of an id in ``ids``
-    (newest segments first; at most one live row per id exists)."""
-    remaining = set(ids)
-    found: Dict[SegmentView, List[Tuple[str, int]]] = {}
-    for view in reversed(views):
-        if not remaining:
-            break
-        row_of = view.data.row_of
-        for id_ in [i for i in remaining if i in row_of]:   # O(len(remaining)), not O(rows)
-            row = row_of[id_]
-            if view.is_live(row):
-                found.setdefault(view, []).append((id_, row))
-                remaining.discard(id_)
-    return found

@@ -9,6 +9,8 @@ Failure: any I/O error on the write path (write, fsync, segment creation) *fails
 raised as :class:`WalError`, and every later append and sync (of a record not already durable)
 raises too. An fsync error cannot be retried safely: the kernel may have dropped the dirty pages
 and a second fsync would report success for data that is gone. Reopening replays what is on disk.
+
+New segments are made by :mod:`.rotation`, the next one ahead of time, off the write path.
 """
 from __future__ import annotations
 
@@ -20,16 +22,17 @@ import threading
 import time
 import zlib
 from time import perf_counter
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from proxistore.contracts import CollectionWal, RecoveryReport, WalBatch
 from proxistore.errors import WalError
 from proxistore.fileio import FileHandle, FileSystem
 
-from .format import EncodedRecord, build_header, encode_record, segment_name
+from .format import EncodedRecord, encode_record
 from .recovery import replay_log
 from .segment import Segment, list_segments
 from .settings import Settings
+from .rotation import RotationMixin
 from .syncing import SyncMixin
 
 __all__ = ["AvroCollectionWal"]
@@ -54,7 +57,7 @@ def _write_large(handle: FileHandle, rec: EncodedRecord, sync_marker: bytes) -> 
     handle.write(rec.tail(zlib.crc32(rec.rest, crc)) + sync_marker)
 
 
-class AvroCollectionWal(SyncMixin, CollectionWal):
+class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
     """The Avro segment log of collection ``name`` in directory ``dirpath``."""
 
     def __init__(self, *, fs: FileSystem, dirpath: str, name: str, settings: Settings,
@@ -68,7 +71,10 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
         self._segments, max_seq, self._corrupt = list_segments(fs, dirpath)
         self._next_seq = max_seq + 1
         self._active: Optional[Segment] = None
+        self._spares: List[Segment] = []            # made by prepare_rotation(), not yet in use
+        self._preparing = False
         self._lock = threading.Lock()
+        self._spare_done = threading.Condition(self._lock)
         self._cond = threading.Condition()
         self._appended = 0          # records appended (tokens are 1, 2, ...)
         self._durable = 0           # every token <= this is durable
@@ -82,8 +88,8 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
         self._highest_lsn = 0
         self._c: Dict[str, Any] = dict(
             appends=0, rows_appended=0, bytes_appended=0, append_seconds=0.0, fsyncs=0,
-            dir_fsyncs=0, fsync_seconds=0.0, rotations=0, segments_created=0, checkpoints=0,
-            segments_deleted=0, bytes_freed=0)
+            dir_fsyncs=0, fsync_seconds=0.0, rotations=0, segments_created=0, segments_prepared=0,
+            checkpoints=0, segments_deleted=0, bytes_freed=0)
 
     # -- replay ----------------------------------------------------------------------------
 
@@ -109,15 +115,22 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
         fsync_dt = 0.0
         with self._lock:
             self._check_usable()
-            seg = self._active
             limit = self.settings.segment_size
-            if seg is not None and seg.records and seg.size + rec.nbytes > limit:
-                fsync_dt += self._close_active(final=False)
-                self._c["rotations"] += 1
-                seg = None
-            if seg is None:
+            while True:
+                seg = self._active
+                if seg is not None and seg.records and seg.size + rec.nbytes > limit:
+                    fsync_dt += self._close_active(final=False)
+                    self._c["rotations"] += 1
+                    seg = None
+                if seg is not None:
+                    break
+                if self._preparing and not self._spares:   # a spare is being made: wait (releases _lock)
+                    self._spare_done.wait()
+                    self._check_usable()
+                    continue
                 seg, dt = self._open_segment()
                 fsync_dt += dt
+                break
             h = seg.handle
             assert h is not None
             try:
@@ -147,50 +160,18 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
                       "took %.3f ms", self.name, rec.rows, rec.nbytes, dt * 1e3)
         return token
 
-    def _open_segment(self) -> "tuple[Segment, float]":
-        """Create the next segment: header written and fsynced, directory fsynced. Under _lock."""
-        seq = self._next_seq
-        self._next_seq += 1
-        path = os.path.join(self.dir, segment_name(seq))
-        marker = os.urandom(16)
-        header = build_header(marker, {"proxistore.collection": self.name,
-                                       "proxistore.segment": str(seq),
-                                       "proxistore.created": f"{time.time():.6f}"})
-        t0 = perf_counter()
-        try:
-            h = self.fs.open(path, "wb")
-            ok = False
-            try:
-                h.write(header)
-                h.fsync()
-                ok = True
-            finally:
-                if not ok:
-                    h.close()
-            self.fs.fsync_dir(self.dir)
-        except OSError as e:
-            raise self._fail(f"creating segment {path} failed: {e}") from e
-        dt = perf_counter() - t0
-        seg = Segment(seq=seq, path=path, size=len(header), handle=h, sync_marker=marker,
-                      scanned=True)
-        self._active = seg
-        with self._cond:
-            self._c["fsyncs"] += 1
-            self._c["dir_fsyncs"] += 1
-            self._c["fsync_seconds"] += dt
-            self._c["segments_created"] += 1
-        log.debug("wal %s: created segment %s (header write + file fsync + directory fsync "
-                  "%.3f ms)", self.name, seg.name, dt * 1e3)
-        return seg, dt
-
     def _close_active(self, *, final: bool) -> float:
         """Close the active segment, fsyncing it first (unless sync_mode=none and not final).
         Under _lock; returns the fsync seconds."""
         seg = self._active
         if seg is None:
             return 0.0
-        do_fsync = (final or self.settings.sync_mode != "none") and not self._failed
         upto = self._appended
+        # Nothing to fsync when every record appended is durable already (the header was
+        # fsynced when the segment was created): the usual case at a rotation, since the core
+        # rotates with no batch in flight and in always/group mode each ack waited for an fsync.
+        do_fsync = ((final or self.settings.sync_mode != "none") and not self._failed
+                    and upto > self._durable)
         dt = 0.0
         err: Optional[OSError] = None
         with seg.sync_lock:
@@ -229,7 +210,14 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
                 self._c["rotations"] += 1
 
     def checkpoint(self, flushed_lsn: int) -> int:
-        """Delete the oldest closed segments whose records are all <= ``flushed_lsn``."""
+        """Delete the oldest closed segments whose records are all <= ``flushed_lsn``.
+
+        The segments are taken off the log under ``_lock`` and unlinked without it (appends
+        need that lock). The directory is not fsynced here: the unlinks become durable with its
+        next fsync, when the next spare segment is created (after the next rotation). A crash
+        before that may bring a deleted segment back; all its records are flushed, so replay
+        skips them and the next checkpoint deletes it again. Each directory fsync is one more
+        journal commit that the writers' fsyncs queue behind, and one is made per flush."""
         self._ensure_recovered()
         with self._lock:
             if self._closed:
@@ -241,32 +229,25 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
                 victims.append(seg)
             if not victims:
                 return 0
-            freed = 0
-            t0 = perf_counter()
-            try:
-                for seg in victims:
-                    self.fs.unlink(seg.path)
-                    self._segments.remove(seg)
-                    freed += seg.size
-            finally:
-                if freed:
-                    self._fsync_dir_after_unlink(t0)
+            del self._segments[:len(victims)]
+        freed = 0
+        done = 0
+        try:
+            for seg in victims:
+                self.fs.unlink(seg.path)
+                done += 1
+                freed += seg.size
+        finally:
+            if done < len(victims):       # still on disk: back on the log, oldest first
+                with self._lock:
+                    self._segments[:0] = victims[done:]
+        with self._lock:
             self._c["checkpoints"] += 1
             self._c["segments_deleted"] += len(victims)
             self._c["bytes_freed"] += freed
         log.debug("wal %s: checkpoint at LSN %d deleted %d segments (%d bytes)", self.name,
                   flushed_lsn, len(victims), freed)
         return freed
-
-    def _fsync_dir_after_unlink(self, t0: float) -> None:
-        t1 = perf_counter()
-        try:
-            self.fs.fsync_dir(self.dir)
-        except OSError as e:
-            raise WalError(f"fsync of WAL directory {self.dir} failed: {e}") from e
-        with self._cond:
-            self._c["dir_fsyncs"] += 1
-            self._c["fsync_seconds"] += perf_counter() - t1
 
     def size_bytes(self) -> int:
         with self._lock:
@@ -294,12 +275,18 @@ class AvroCollectionWal(SyncMixin, CollectionWal):
         """Fsync and close the active segment (even under sync_mode=none) and stop."""
         if self._closed:
             return
+        spares: List[Segment] = []
         try:
             with self._lock:
+                spares, self._spares = self._spares, []
+                self._closed = True             # a prepare_rotation() finishing now discards its spare
                 if self._failed and self._active is not None:
                     self._close_failed_active()
                 self._close_active(final=True)
         finally:
+            for spare in spares:
+                spare.handle.close()
+                self._undo_spare(spare.path, sync_dir=False)
             self._closed = True
             with self._cond:
                 self._cond.notify_all()

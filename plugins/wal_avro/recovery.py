@@ -3,7 +3,9 @@
 - A torn tail (see :mod:`.reader`) of the last segment is truncated at the end of the last
   whole record (a torn *header*, left by a crash while creating the segment, removes the file);
   either way no acknowledged record is lost, because a record is only acknowledged after the
-  segment header and the record itself were fsynced.
+  segment header and the record itself were fsynced. "The last segment" is the last one that
+  holds more than a header (:func:`.segment.tail_index`): a spare segment made ahead of the
+  next rotation may follow the segment a crash tore.
 - Corruption before the tail raises :class:`WalCorruption` naming file and offset
   (``recovery_mode="strict"``), or (``"point_in_time"``) stops at the last good record and moves
   the rest of that file and every later segment aside to ``.corrupt`` files.
@@ -20,7 +22,7 @@ from proxistore.contracts import RecoveryReport, TornTail, WalBatch
 from proxistore.errors import WalCorruption, WalError
 
 from .reader import TORN, SegmentReader, Stop
-from .segment import Segment, corrupt_path_for
+from .segment import Segment, corrupt_path_for, tail_index
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collection import AvroCollectionWal
@@ -39,6 +41,7 @@ def replay_log(wal: "AvroCollectionWal", after_lsn: int) -> Iterator[WalBatch]:
     started: Optional[float] = perf_counter()
     highest = -1
     segments: List[Segment] = list(wal._segments)
+    tail = tail_index(wal.fs, segments)
     try:
         for i, seg in enumerate(segments):
             try:
@@ -46,7 +49,7 @@ def replay_log(wal: "AvroCollectionWal", after_lsn: int) -> Iterator[WalBatch]:
                 handle = wal.fs.open(seg.path, "rb")
             except OSError as e:
                 raise WalError(f"cannot read WAL segment {seg.path}: {e}") from e
-            reader = SegmentReader(handle, size, seg.path, last=(i == len(segments) - 1))
+            reader = SegmentReader(handle, size, seg.path, last=(i >= tail))
             seg.size, seg.records, seg.rows, seg.first_lsn, seg.last_lsn = size, 0, 0, None, None
             try:
                 for rec in reader.records(decode_above=after_lsn):

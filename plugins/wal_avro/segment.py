@@ -8,9 +8,12 @@ from typing import List, Optional, Tuple
 
 from proxistore.fileio import FileHandle, FileSystem
 
-from .format import CORRUPT_RE, SEGMENT_RE
+from proxistore.errors import WalVersionError
 
-__all__ = ["Segment", "list_segments", "corrupt_path_for"]
+from .format import CORRUPT_RE, SEGMENT_RE
+from .reader import TORN, SegmentReader
+
+__all__ = ["Segment", "list_segments", "tail_index", "corrupt_path_for"]
 
 
 @dataclass(eq=False)
@@ -73,6 +76,31 @@ def list_segments(fs: FileSystem, dirpath: str) -> Tuple[List[Segment], int, Lis
             max_seq = max(max_seq, int(c.group(1)))
     segments.sort(key=lambda s: s.seq)
     return segments, max_seq, corrupt
+
+
+def tail_index(fs: FileSystem, segments: List[Segment]) -> int:
+    """The index of the segment where a torn tail may be: the last one, or the one before any
+    trailing segments that hold no record (a header only, or a torn header).
+
+    Such trailing segments are spares, made while the segment before them was still taking
+    appends (see :mod:`.collection`), or segments whose creation a crash interrupted: either
+    way the crash may have torn the last append of the segment before them."""
+    i = len(segments) - 1
+    while i > 0:
+        seg = segments[i]
+        try:
+            size = fs.size(seg.path)
+            with fs.open(seg.path, "rb") as handle:
+                reader = SegmentReader(handle, size, seg.path, last=True)
+                has_header = reader.read_header()
+        except (OSError, WalVersionError):
+            return i                        # unreadable: let replay report it where it is
+        if has_header and reader.good_end < size:
+            return i                        # bytes after the header: it may hold records
+        if not has_header and reader.stop is not None and reader.stop.kind != TORN:
+            return i                        # a bad header is corruption, reported by replay
+        i -= 1
+    return max(i, 0)
 
 
 def corrupt_path_for(fs: FileSystem, path: str) -> str:

@@ -22,7 +22,7 @@ from proxistore.fileio import FileSystem, default_filesystem
 
 from .format import FORMAT_VERSION, FORMAT_VERSION_KEY, SEGMENT_RE
 from .reader import TORN, SegmentReader
-from .segment import list_segments
+from .segment import list_segments, tail_index
 
 __all__ = ["inspect_wal", "verify_wal", "VerifyResult"]
 
@@ -76,12 +76,13 @@ def inspect_wal(root: str, fs: Optional[FileSystem] = None) -> Dict[str, Any]:
                            "collections": {}, "bytes": 0}
     for name, d in _collection_dirs(root, fs).items():
         segments, _, corrupt = list_segments(fs, d)
+        tail = tail_index(fs, segments)
         entries = []
         for i, seg in enumerate(segments):
             entry: Dict[str, Any] = {"file": seg.name, "bytes": seg.size, "records": 0, "rows": 0,
                                      "first_lsn": None, "last_lsn": None, "format_version": None,
                                      "problem": None}
-            with _reader(fs, seg.path, last=i == len(segments) - 1) as reader:
+            with _reader(fs, seg.path, last=i >= tail) as reader:
                 try:
                     for rec in reader.records(decode_above=1 << 62):
                         entry["records"] += 1
@@ -120,10 +121,11 @@ def verify_wal(root: str, fs: Optional[FileSystem] = None) -> VerifyResult:
     for _name, d in _collection_dirs(root, fs).items():
         result.collections += 1
         segments, _, _ = list_segments(fs, d)
+        tail = tail_index(fs, segments)
         for i, seg in enumerate(segments):
             result.segments += 1
             result.bytes += seg.size
-            with _reader(fs, seg.path, last=i == len(segments) - 1) as reader:
+            with _reader(fs, seg.path, last=i >= tail) as reader:
                 try:
                     for rec in reader.records(decode_above=-1):
                         result.records += 1
