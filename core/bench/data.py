@@ -90,23 +90,15 @@ def perturbed(vectors: np.ndarray, rng: np.random.Generator, metric: str, scale:
 # ------------------------------------------------------------------------------------------------
 
 def _vectors(column: Any, where: str) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """The ``vector`` column as float32 ``(n, dim)``: the command line's reader, with its errors
+    as ValueError for the workload loader."""
+    from proxistore.cli.common import UsageError
+    from proxistore.cli.sources import parquet_vectors
 
-    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(col)
-    if col.null_count:
-        raise ValueError(f"{where}: column 'vector' has {col.null_count} null row(s)")
-    if n == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    if pa.types.is_fixed_size_list(col.type):
-        dim = col.type.list_size
-    else:
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-        dim = int(lengths[0])
-        if (lengths != dim).any():
-            raise ValueError(f"{where}: vectors of different lengths ({dim} and {int(lengths[lengths != dim][0])})")
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    try:
+        return parquet_vectors(column, where)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _parquet_rows(path: str, n: int, holdout: int, meta_cols: Sequence[str], seed: int
