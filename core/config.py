@@ -42,11 +42,11 @@ CORE_KEYS: Dict[str, Tuple[ConfigKey, ...]] = {
                   minimum=0.001),
         ConfigKey("workers", "int", 2, "Worker threads running flushes and compactions off the write path.",
                   unit="threads", minimum=1, maximum=64),
-        ConfigKey("worker_nice", "int", 10, "Linux nice value the worker threads give themselves (the "
-                  "threads they start, such as index builds, inherit it), so that on a busy CPU writers "
-                  "and searches run first; 0 keeps the process's priority. Ignored elsewhere. With 10, "
-                  "sustained ingest during flushes went from 0.66x to 1.0x of ingest with flushing off "
-                  "on 2 cores (benchmarks/README.md).", minimum=0, maximum=19),
+        ConfigKey("worker_nice", "int", 10, "Linux nice value of the worker threads (the threads they start, "
+                  "such as faiss's for index builds, inherit it), so that on a busy CPU writers and searches "
+                  "run first; 0 keeps the process's priority. Ignored elsewhere. Under a writer flood held "
+                  "back by global_memory_limit, writers then wait longer for the flushes that free memory.",
+                  minimum=0, maximum=19),
         ConfigKey("retry_initial_backoff", "duration", 0.1, "First wait before retrying a failed flush; "
                   "doubles after each failure.", unit="seconds", minimum=0.001),
         ConfigKey("retry_max_backoff", "duration", 30.0, "Longest wait between retries of a failed flush.",

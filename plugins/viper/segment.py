@@ -157,6 +157,14 @@ class SegmentData:
         if columns is False:    # a column of a type the numpy path does not cover
             return _rows_by_take(self.meta, rows)
         sel = np.asarray(rows, dtype=np.intp)
+        if all(valid is None for _, _, valid, _ in columns):   # no nulls: one dict per row, built in C
+            keys = [key for key, _, _, _ in columns]
+            picked_columns = []
+            for _, values, _, lookup in columns:
+                picked = values[sel].tolist()
+                picked_columns.append([lookup[c] for c in picked] if lookup is not None else picked)
+            if keys:
+                return [dict(zip(keys, row)) for row in zip(*picked_columns)]
         out: List[Dict[str, Any]] = [{} for _ in range(len(sel))]
         for key, values, valid, lookup in columns:
             picked = values[sel].tolist()
