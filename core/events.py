@@ -25,6 +25,7 @@ class FlushEvent:
     phases: Dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     error: Optional[str] = None
+    checkpoint_error: Optional[str] = None
     attempt: int = 1
 
     def to_dict(self) -> Dict[str, Any]:

@@ -3,7 +3,8 @@
 When a policy says a collection is due, its active memtable is frozen at once (cheap: the WAL
 rotates and a new memtable takes writes) and tagged with the reason. A worker then drains the
 frozen memtables oldest first, one segment each: storage writes the segment and commits its
-manifest with the flushed LSN → the WAL checkpoint deletes what that LSN covers → the frozen
+manifest with the flushed LSN (the flush has now succeeded) → the WAL checkpoint deletes what
+that LSN covers (a failure here is reported, and the next checkpoint catches up) → the frozen
 memtable is dropped. Freezing does not wait for a running flush, so segments stay close to the
 threshold that triggered them even under fast ingest. A failure keeps the frozen memtable (still
 searchable) and the WAL; the next attempt resumes with the same memtable.
@@ -35,6 +36,7 @@ class FlushLog:
         self.by_policy: Counter = Counter()
         self.failures = 0
         self.consecutive_failures = 0
+        self.checkpoint_failures = 0
         self.last_error: Optional[str] = None
 
     def to_dict(self) -> dict:
@@ -43,7 +45,8 @@ class FlushLog:
         # flush finishes meanwhile (stats() is called from any thread).
         recent, by_policy = list(self.recent), dict(self.by_policy)
         return {"total": sum(by_policy.values()), "by_policy": by_policy,
-                "failures": self.failures, "last_error": self.last_error,
+                "failures": self.failures, "checkpoint_failures": self.checkpoint_failures,
+                "last_error": self.last_error,
                 "last": [e.to_dict() for e in recent]}
 
 
@@ -78,9 +81,6 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, registry: Registry, flush_lo
         rows = frozen.to_segment_rows()
         result = rt.store.write_segment(rows)
         event.phases.update(result.phases)
-        t = time.perf_counter()
-        event.wal_bytes_freed = rt.wal.checkpoint(rows.max_lsn)
-        event.phases["wal_checkpoint"] = time.perf_counter() - t
     except Exception as exc:  # any failure is recorded, reported and retried; nothing is dropped
         event.error = f"{type(exc).__name__}: {exc}"
         event.seconds = time.perf_counter() - started
@@ -91,6 +91,20 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, registry: Registry, flush_lo
                   rt.name, event.attempt, request.describe(), event.error)
         registry.notify("proxistore_flush_finished", event)
         raise FlushError(f"flush of collection {rt.name!r} failed: {event.error}") from exc
+    # The rows are durably in storage: the flush has succeeded. A failed checkpoint only leaves
+    # WAL segments that the next checkpoint (or the next open) deletes; retrying the flush
+    # would write the same rows into storage a second time.
+    t = time.perf_counter()
+    try:
+        event.wal_bytes_freed = rt.wal.checkpoint(rows.max_lsn)
+    except Exception as exc:  # reported and counted; the next checkpoint covers these segments
+        event.checkpoint_error = f"{type(exc).__name__}: {exc}"
+        flush_log.checkpoint_failures += 1
+        flush_log.last_error = event.checkpoint_error
+        log.warning("flush of %s: rows are in storage, but the WAL checkpoint at LSN %d failed "
+                    "(the next checkpoint deletes those segments): %s", rt.name, rows.max_lsn,
+                    event.checkpoint_error)
+    event.phases["wal_checkpoint"] = time.perf_counter() - t
     rt.drop_frozen(frozen)
     rt.db.admission.memory_freed()
     event.rows = len(rows.ids)

@@ -65,6 +65,9 @@ class CollectionRuntime:
             self.live_count += self._count_delta(batch.op, batch.ids, states)
             batches += 1
             max_lsn = max(max_lsn, batch.last_lsn)
+        # Segments that storage already covers (a crash came between a flush's commit and its
+        # checkpoint) go now rather than at the next flush.
+        self.wal.checkpoint(flushed)
         return batches, max_lsn
 
     # -- writes ----------------------------------------------------------------------------
