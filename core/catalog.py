@@ -7,15 +7,31 @@ then deletes the parts. On open, anything half-created or half-dropped is finish
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from typing import Any, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, TypeVar
 
 from .contracts import CollectionInfo
+from .errors import DataDirectoryError
 from .fileio import FileSystem
 
 __all__ = ["Catalog"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _io(fn: F) -> F:
+    """Report an OSError of a catalog step as a DataDirectoryError naming the step and collection."""
+    @functools.wraps(fn)
+    def wrapper(self: "Catalog", name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, name, *args, **kwargs)
+        except OSError as e:
+            step = fn.__name__.replace("_", " ")
+            raise DataDirectoryError(f"catalog {step} of collection {name!r} in {self.root} failed: {e}") from e
+    return wrapper  # type: ignore[return-value]
 
 _INFO = "collection.json"
 _CREATING = ".creating-"
@@ -27,7 +43,7 @@ class Catalog:
     def __init__(self, fs: FileSystem, root: str) -> None:
         self.fs = fs
         self.root = root
-        fs.makedirs_durable(root)
+        fs.makedirs_durable(root, within=os.path.dirname(os.path.abspath(root)))
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -35,12 +51,18 @@ class Catalog:
     def names(self) -> List[str]:
         return [n for n in self.fs.listdir(self.root) if not n.startswith(".")]
 
+    def committed(self, name: str) -> bool:
+        """Whether ``name``'s record is in place (its creation reached the commit point)."""
+        return self.fs.exists(self._path(name))
+
+    @_io
     def load(self, name: str) -> CollectionInfo:
         with open(os.path.join(self._path(name), _INFO), "rb") as f:
             d = json.loads(f.read())
         return CollectionInfo(name=d["name"], dim=d["dim"], metric=d["metric"],
                               overrides=d.get("overrides", {}), created_at=d.get("created_at", 0.0))
 
+    @_io
     def begin_create(self, name: str, dim: int, metric: str, overrides: Mapping[str, Any]) -> CollectionInfo:
         """Write the collection's record under a temporary name (not yet visible)."""
         info = CollectionInfo(name=name, dim=dim, metric=metric, overrides=dict(overrides),
@@ -56,10 +78,12 @@ class Catalog:
         self.fs.fsync_dir(self.root)
         return info
 
+    @_io
     def commit_create(self, name: str) -> None:
         self.fs.rename(self._path(_CREATING + name), self._path(name))
         self.fs.fsync_dir(self.root)
 
+    @_io
     def begin_drop(self, name: str) -> None:
         """Make the drop durable (the collection is gone from here on); parts are deleted after."""
         aside = self._path(_DROPPING + name)
@@ -68,6 +92,7 @@ class Catalog:
         self.fs.rename(self._path(name), aside)
         self.fs.fsync_dir(self.root)
 
+    @_io
     def finish_drop(self, name: str) -> None:
         aside = self._path(_DROPPING + name)
         if self.fs.exists(aside):
@@ -80,6 +105,7 @@ class Catalog:
         return {"creating": [e[len(_CREATING):] for e in entries if e.startswith(_CREATING)],
                 "dropping": [e[len(_DROPPING):] for e in entries if e.startswith(_DROPPING)]}
 
+    @_io
     def discard_create(self, name: str) -> None:
         tmp = self._path(_CREATING + name)
         if self.fs.exists(tmp):

@@ -22,8 +22,8 @@ from .catalog import Catalog
 from .collection import Collection
 from .config import EffectiveConfig, load_config, validate_collection_overrides
 from .contracts import CompactionResult, DatabaseState
-from .errors import (CollectionExists, CollectionNotFound, DatabaseClosed, PolicyNotEnabled,
-                     ProxistoreError)
+from .errors import (CollectionExists, CollectionNotFound, DataDirectoryError, DatabaseClosed,
+                     PolicyNotEnabled, ProxistoreError)
 from .events import CompactionEvent, RecoveryEvent
 from .fileio import FileSystem, default_filesystem
 from .flush import FlushLog, drain, freeze_for
@@ -51,10 +51,16 @@ class Database:
         self.registry = registry or get_registry()
         self.config: EffectiveConfig = load_config(config, registry=self.registry)
         self._closed = True
-        self.fs.makedirs_durable(self.path)
+        try:
+            self.fs.makedirs_durable(self.path)
+        except OSError as e:
+            raise DataDirectoryError(f"cannot create the data directory {self.path}: {e}") from e
         self._lock = DirectoryLock(self.path)
         try:
             self._open()
+        except OSError as e:
+            self._lock.release()
+            raise DataDirectoryError(f"cannot open the data directory {self.path}: {e}") from e
         except BaseException:
             self._lock.release()
             raise
@@ -163,16 +169,15 @@ class Database:
         with self._ddl_lock:
             if name in self._runtimes:
                 raise CollectionExists(f"collection {name!r} already exists")
+            self._remove_leftovers(name)
             info = self.catalog.begin_create(name, dim, metric, overrides)
             try:
                 self.storage.create_collection(info)
                 self.wal.create_collection(name)
+                self.catalog.commit_create(name)
             except BaseException:
-                self.wal.drop_collection(name)
-                self.storage.drop_collection(name)
-                self.catalog.discard_create(name)
+                self._undo_create(name)
                 raise
-            self.catalog.commit_create(name)
             store = self.storage.open_collection(info, settings["storage"][self.config.storage_spec.name])
             rt = CollectionRuntime(self, info, settings, self.wal.open_collection(name), store)
             rt.replay()
@@ -180,6 +185,25 @@ class Database:
             self.compactions[name] = []
             self._runtimes[name] = rt
         return Collection(self, name)
+
+    def _remove_leftovers(self, name: str) -> None:
+        """Remove what an earlier, failed creation of ``name`` left (its cleanup failed too, or
+        its commit reached the catalog but could not be made durable): the collection does not
+        exist in this process, so nothing of it is in use."""
+        if self.catalog.committed(name):
+            self.catalog.begin_drop(name)
+        self.wal.drop_collection(name)
+        self.storage.drop_collection(name)
+        self.catalog.finish_drop(name)
+
+    def _undo_create(self, name: str) -> None:
+        """Best-effort removal of a failed creation's parts; what remains is removed by the next
+        creation of the name or the next open. The creation's own error is what the caller sees."""
+        for undo in (self.wal.drop_collection, self.storage.drop_collection, self.catalog.discard_create):
+            try:
+                undo(name)
+            except (ProxistoreError, OSError) as exc:
+                log.warning("undoing the failed creation of collection %r: %s (removed later)", name, exc)
 
     def collection(self, name: str) -> Collection:
         """The handle of an existing collection."""

@@ -132,6 +132,11 @@ class DatabaseLocked(ProxistoreError):
     """Another process (or another handle in this one) has the data directory open."""
 
 
+class DataDirectoryError(ProxistoreError):
+    """The data directory or its catalog of collections could not be read or written (the
+    operating system's error is the ``__cause__``); nothing of the failed call was committed."""
+
+
 class StorageError(ProxistoreError):
     """The storage engine failed to read or write its files."""
 

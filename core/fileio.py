@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import BinaryIO, List
+from typing import BinaryIO, List, Optional
 
 __all__ = ["FileHandle", "FileSystem", "LocalFileSystem", "default_filesystem"]
 
@@ -113,16 +113,25 @@ class FileSystem:
         self.rename(tmp, path)
         self.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
-    def makedirs_durable(self, path: str) -> None:
-        """Create ``path`` (and parents) and fsync each new directory's parent."""
+    def makedirs_durable(self, path: str, within: Optional[str] = None) -> None:
+        """Create ``path`` (and parents) and fsync each new directory's parent.
+
+        With ``within`` (an ancestor of ``path`` that is known to be durable), every directory
+        between it and ``path`` has its parent fsynced, including those that exist already: a
+        directory that an earlier, failed call created is there but may not be durable.
+        """
         path = os.path.abspath(path)
-        missing = []
+        chain = []
         p = path
-        while not self.exists(p):
-            missing.append(p)
-            p = os.path.dirname(p)
+        top = os.path.abspath(within) if within is not None else None
+        while p != top and (top is not None or not self.exists(p)):
+            chain.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
         self.makedirs(path)
-        for d in reversed(missing):
+        for d in reversed(chain):
             self.fsync_dir(os.path.dirname(d))
 
     # -- hooks for FileHandle (a fault injector overrides these) ----------------------------

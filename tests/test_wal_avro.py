@@ -300,7 +300,7 @@ class FailingFsync(LocalFileSystem):
 
 
 @pytest.mark.parametrize("mode", ["always", "group"])
-def test_fsync_failure_is_raised_and_every_later_sync_and_append_fails(tmp_path, mode):
+def test_fsync_failure_fails_the_record_for_good_and_the_log_heals_when_the_disk_recovers(tmp_path, mode):
     fs = FailingFsync()
     s, wal, _ = open_wal(tmp_path, fs=fs, sync_mode=mode)
     good = make_batch(OP_INSERT, 1, 2)
@@ -309,16 +309,21 @@ def test_fsync_failure_is_raised_and_every_later_sync_and_append_fails(tmp_path,
     token = wal.append(make_batch(OP_INSERT, 3, 2))
     with pytest.raises(WalError, match="fsync"):
         wal.sync(token)
-    fs.armed = False                               # a retry would "succeed": it must not be trusted
-    with pytest.raises(WalError, match="failed earlier"):
-        wal.sync(token)
-    with pytest.raises(WalError, match="failed earlier"):
+    with pytest.raises(WalError, match="cannot recover yet"):   # the disk still fails: no append
         wal.append(make_batch(OP_INSERT, 5, 2))
     assert wal.stats()["failed"]
+    fs.armed = False                               # a retry would "succeed": it must not be trusted
+    with pytest.raises(WalError, match="not made durable|has not recovered"):
+        wal.sync(token)
+    later = wal.append(make_batch(OP_INSERT, 7, 2))  # heals: the failed segment is cut back
+    wal.sync(later)
+    with pytest.raises(WalError, match="not made durable"):
+        wal.sync(token)                            # ... and the failed record stays failed
+    assert not wal.stats()["failed"] and wal.stats()["heals"] == 1
     wal.close()
     s.close()
-    _, wal, got = open_wal(tmp_path)               # reopening recovers what is on disk
-    assert got[0].first_lsn == 1
+    _, wal, got = open_wal(tmp_path)               # what is on disk: the good and the later batch
+    assert [b.first_lsn for b in got] == [1, 7]
     wal.close()
 
 

@@ -34,6 +34,7 @@ import fnmatch
 import os
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -139,6 +140,7 @@ class FaultInjectingFileSystem(LocalFileSystem):
         self.trace: List[Tuple[str, str]] = []
         self.injected: List[Tuple[int, str, str, int]] = []     # (op number, kind, path, errno)
         self.crashed = False
+        self.crash_time: Optional[float] = None      # time.monotonic() of the power loss
         self._image: Optional[DiskImage] = None
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -236,6 +238,7 @@ class FaultInjectingFileSystem(LocalFileSystem):
         with self._lock:
             if not self.crashed:
                 self.crashed = True
+                self.crash_time = time.monotonic()
                 self._image = self._capture()
             return self._image
 

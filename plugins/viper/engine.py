@@ -47,7 +47,7 @@ class ViperEngine(StorageEngine):
         if self.fs.exists(os.path.join(directory, MANIFEST_NAME)):
             raise CollectionExists(f"collection {info.name!r} already exists in {self.root}")
         try:
-            self.fs.makedirs_durable(directory)
+            self.fs.makedirs_durable(directory, within=os.path.dirname(os.path.abspath(self.root)))
         except OSError as e:
             raise StorageError(f"{directory}: cannot create collection directory: {e}") from e
         commit_manifest(self.fs, directory, Manifest(collection=info.name, dim=int(info.dim), metric=info.metric))

@@ -5,10 +5,11 @@ rotation, checkpoint and close against it; ``sync`` (see :mod:`.syncing`) runs o
 from many threads. Lock order: ``_lock`` -> ``segment.sync_lock`` -> ``_cond``; nobody waits for
 an earlier lock while holding a later one.
 
-Failure: any I/O error on the write path (write, fsync, segment creation) *fails the log*: it is
-raised as :class:`WalError`, and every later append and sync (of a record not already durable)
-raises too. An fsync error cannot be retried safely: the kernel may have dropped the dirty pages
-and a second fsync would report success for data that is gone. Reopening replays what is on disk.
+Failure (see :mod:`.healing`): a failed write cuts its partial record off and fails that batch
+alone; a failed fsync *fails the log*: it is raised as :class:`WalError`, every record not yet
+durable fails for good, and appends are refused until the next one manages to repair the damage
+(the disk has space again). An fsync error cannot be retried safely: the kernel may have dropped
+the dirty pages and a second fsync would report success for data that is gone.
 
 New segments are made by :mod:`.rotation`, the next one ahead of time, off the write path.
 """
@@ -30,6 +31,7 @@ from proxistore.fileio import FileHandle, FileSystem
 
 from .format import EncodedRecord, encode_record
 from .recovery import replay_log
+from .healing import Damage, HealMixin
 from .segment import Segment, list_segments
 from .settings import Settings
 from .rotation import RotationMixin
@@ -57,7 +59,7 @@ def _write_large(handle: FileHandle, rec: EncodedRecord, sync_marker: bytes) -> 
     handle.write(rec.tail(zlib.crc32(rec.rest, crc)) + sync_marker)
 
 
-class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
+class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
     """The Avro segment log of collection ``name`` in directory ``dirpath``."""
 
     def __init__(self, *, fs: FileSystem, dirpath: str, name: str, settings: Settings,
@@ -83,13 +85,15 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
         self._gathering = False
         self._last_group = 1
         self._failed: Optional[str] = None
+        self._damage: List[Damage] = []        # what the next heal must repair (see .healing)
+        self._lost: List[tuple] = []           # token ranges (lo, hi] that failed for good
         self._closed = False
         self._recovered = False
         self._highest_lsn = 0
         self._c: Dict[str, Any] = dict(
             appends=0, rows_appended=0, bytes_appended=0, append_seconds=0.0, fsyncs=0,
             dir_fsyncs=0, fsync_seconds=0.0, rotations=0, segments_created=0, segments_prepared=0,
-            checkpoints=0, segments_deleted=0, bytes_freed=0)
+            checkpoints=0, segments_deleted=0, bytes_freed=0, write_repairs=0, heals=0)
 
     # -- replay ----------------------------------------------------------------------------
 
@@ -106,7 +110,8 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
 
     def append(self, batch: WalBatch) -> int:
         """Write ``batch`` as one record (handed to the OS, not fsynced); return its token."""
-        self._check_usable()
+        if self._closed:
+            raise WalError(f"WAL of collection {self.name!r} is closed")
         self._ensure_recovered()
         t0 = perf_counter()
         rec = encode_record(batch, io.BytesIO(), batch.timestamp or time.time())
@@ -114,7 +119,10 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
         tail = rec.tail(rec.crc()) if small else b""
         fsync_dt = 0.0
         with self._lock:
-            self._check_usable()
+            if self._closed:
+                raise WalError(f"WAL of collection {self.name!r} is closed")
+            if self._failed:
+                self._heal()
             limit = self.settings.segment_size
             while True:
                 seg = self._active
@@ -140,7 +148,7 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
                     _write_large(h, rec, seg.sync_marker)
                 h.flush()
             except OSError as e:
-                raise self._fail(f"write to {seg.path} failed: {e}") from e
+                raise self._repair_write(seg, e) from e
             seg.note_record(batch.first_lsn, batch.first_lsn + rec.rows - 1, rec.rows, rec.nbytes)
             self._highest_lsn = max(self._highest_lsn, batch.first_lsn + rec.rows - 1)
             self._appended += 1
@@ -192,7 +200,7 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
         self._active = None
         self._segments.append(seg)
         if err is not None and not self._failed:
-            raise self._fail(f"fsync/close of {seg.path} failed: {err}") from err
+            raise self._fail(f"fsync/close of {seg.path} failed: {err}", self._fsync_damage(seg)) from err
         if do_fsync:
             self._mark_durable(upto, dt)
             log.debug("wal %s: closed segment %s (fsync %.3f ms)", self.name, seg.name, dt * 1e3)
@@ -280,6 +288,11 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
             with self._lock:
                 spares, self._spares = self._spares, []
                 self._closed = True             # a prepare_rotation() finishing now discards its spare
+                if self._failed:
+                    try:
+                        self._heal()            # so that no partial record stays for replay
+                    except WalError as e:
+                        log.error("wal %s: closing a failed log: %s", self.name, e)
                 if self._failed and self._active is not None:
                     self._close_failed_active()
                 self._close_active(final=True)
@@ -295,9 +308,10 @@ class AvroCollectionWal(SyncMixin, RotationMixin, CollectionWal):
 
     def _close_failed_active(self) -> None:
         seg = self._active
-        assert seg is not None and seg.handle is not None
+        assert seg is not None
         try:
-            seg.handle.close()
+            if seg.handle is not None:     # a failed heal may have closed it already
+                seg.handle.close()
         except OSError as e:   # the failure that matters was already raised to the writers
             log.warning("wal %s: closing failed segment %s: %s", self.name, seg.name, e)
         seg.handle = None

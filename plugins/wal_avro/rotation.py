@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from proxistore.errors import WalError
 
 from .format import build_header, segment_name
+from .healing import Damage
 from .segment import Segment
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +68,9 @@ class RotationMixin:
             try:
                 seg, dt = self._create_segment(seq)
             except OSError as e:
-                raise self._fail(f"creating segment {segment_name(seq)} in {self.dir} failed: {e}") from e
+                self._undo_spare(os.path.join(self.dir, segment_name(seq)), sync_dir=True)
+                raise WalError(f"WAL of collection {self.name!r}: creating segment {segment_name(seq)} in "
+                               f"{self.dir} failed: {e}; the batch was not written") from e
         self._active = seg
         return seg, dt
 
@@ -81,18 +84,17 @@ class RotationMixin:
                                        "proxistore.created": f"{time.time():.6f}"})
         t0 = perf_counter()
         h = self.fs.open(path, "wb")
-        ok = False
         try:
             h.write(header)
             h.fsync()
-            ok = True
-        finally:
-            if not ok:
-                h.close()
-        self.fs.fsync_dir(self.dir)
+            self.fs.fsync_dir(self.dir)
+        except BaseException:
+            h.close()
+            raise
         dt = perf_counter() - t0
         seg = Segment(seq=seq, path=path, size=len(header), handle=h, sync_marker=marker,
                       scanned=True)
+        seg.synced = seg.state()
         with self._cond:
             self._c["fsyncs"] += 1
             self._c["dir_fsyncs"] += 1
@@ -157,6 +159,6 @@ class RotationMixin:
                 self.fs.fsync_dir(self.dir)
         except OSError as e:
             if sync_dir:
-                raise self._fail(f"removing the torn segment {path} failed: {e}") from e
+                raise self._fail(f"removing the torn segment {path} failed: {e}", Damage(path=path)) from e
             log.warning("wal %s: could not remove the unused segment %s (an empty segment, "
                         "deleted by a later checkpoint): %s", self.name, path, e)

@@ -13,7 +13,18 @@ from proxistore.errors import WalVersionError
 from .format import CORRUPT_RE, SEGMENT_RE
 from .reader import TORN, SegmentReader
 
-__all__ = ["Segment", "list_segments", "tail_index", "corrupt_path_for"]
+__all__ = ["Segment", "SegmentState", "list_segments", "tail_index", "corrupt_path_for"]
+
+
+@dataclass(frozen=True)
+class SegmentState:
+    """A segment's accounting at one moment (to cut it back to after a failure)."""
+
+    size: int
+    records: int
+    rows: int
+    first_lsn: Optional[int]
+    last_lsn: Optional[int]
 
 
 @dataclass(eq=False)
@@ -35,6 +46,14 @@ class Segment:
     handle: Optional[FileHandle] = None
     sync_marker: bytes = b""
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
+    synced: Optional[SegmentState] = None     # as of the last fsync made in this process
+
+    def state(self) -> SegmentState:
+        return SegmentState(self.size, self.records, self.rows, self.first_lsn, self.last_lsn)
+
+    def restore(self, state: SegmentState) -> None:
+        self.size, self.records, self.rows = state.size, state.records, state.rows
+        self.first_lsn, self.last_lsn = state.first_lsn, state.last_lsn
 
     @property
     def name(self) -> str:

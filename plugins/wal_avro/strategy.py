@@ -47,11 +47,12 @@ class AvroWalStrategy(WalStrategy):
     def create_collection(self, name: str) -> None:
         """Durably create the empty log directory (every new directory's parent is fsynced)."""
         d = self._dir(name)
-        if self.fs.isdir(d):
-            if any(SEGMENT_RE.match(n) for n in self.fs.listdir(d)):
-                raise CollectionExists(f"a WAL for collection {name!r} already exists in {d}")
-            return
-        self.fs.makedirs_durable(d)
+        if self.fs.isdir(d) and any(SEGMENT_RE.match(n) for n in self.fs.listdir(d)):
+            raise CollectionExists(f"a WAL for collection {name!r} already exists in {d}")
+        try:
+            self.fs.makedirs_durable(d, within=os.path.dirname(os.path.abspath(self.root)))
+        except OSError as e:
+            raise WalError(f"cannot create the WAL directory {d}: {e}") from e
 
     def open_collection(self, name: str) -> AvroCollectionWal:
         """Open a collection's log; call ``replay`` on it before the first append."""
@@ -91,8 +92,11 @@ class AvroWalStrategy(WalStrategy):
         if wal is not None:
             wal.close()
         if self.fs.exists(d):
-            self.fs.rmtree(d)
-            self.fs.fsync_dir(self.root)
+            try:
+                self.fs.rmtree(d)
+                self.fs.fsync_dir(self.root)
+            except OSError as e:
+                raise WalError(f"cannot delete the WAL directory {d}: {e}") from e
 
     def list_collections(self) -> List[str]:
         if not self.fs.isdir(self.root):

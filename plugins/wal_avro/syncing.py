@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from proxistore.errors import WalError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .healing import Damage
     from .segment import Segment
     from .settings import Settings
 
@@ -56,6 +57,9 @@ class SyncMixin:
     def sync(self, token: int) -> None:
         """Return once the record of ``token`` is durable per ``sync_mode``."""
         mode = self.settings.sync_mode
+        if self._lost and self._token_lost(token):
+            raise WalError(f"WAL of collection {self.name!r}: the record was not made durable (an I/O "
+                           f"error failed the log before its fsync)")
         if token <= self._durable:
             return
         if self._failed:
@@ -138,9 +142,13 @@ class SyncMixin:
                 raise self._failure()
             seg = self._active
             upto = self._appended
+            snap = seg.state() if seg is not None else None
         if seg is None:       # everything is in closed segments, fsynced when they closed
             return upto
+        before = self._durable
         with seg.sync_lock:
+            if self._failed:                         # failed (and maybe cut back) meanwhile
+                raise self._failure()
             h = seg.handle
             if h is None or upto <= self._durable:   # closed (fsynced) or covered meanwhile
                 return upto
@@ -148,10 +156,10 @@ class SyncMixin:
             try:
                 h.fsync()
             except OSError as e:
-                raise self._fail(f"fsync of {seg.path} failed: {e}") from e
+                raise self._fail(f"fsync of {seg.path} failed: {e}", self._fsync_damage(seg)) from e
             dt = perf_counter() - t0
-        before = self._durable
-        self._mark_durable(upto, dt)
+            seg.synced = snap
+            self._mark_durable(upto, dt)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("wal %s: fsync of %s made %d records durable in %.3f ms", self.name,
                       seg.name, max(0, upto - before), dt * 1e3)
@@ -176,17 +184,19 @@ class SyncMixin:
             log.error("wal %s: background fsync failed; the log refuses further writes: %s",
                       self.name, e)
 
-    def _fail(self, message: str) -> WalError:
+    def _fail(self, message: str, damage: "Optional[Damage]" = None) -> WalError:
+        """Fail the log (see :mod:`.healing`), noting what the next heal must repair."""
         with self._cond:
             if self._failed is None:
                 self._failed = message
+            if damage is not None:
+                self._damage.append(damage)
             self._cond.notify_all()
-        log.error("wal %s: %s; the log refuses further writes until reopened", self.name, message)
+        log.error("wal %s: %s; appends are refused until the log recovers", self.name, message)
         return WalError(f"WAL of collection {self.name!r}: {message}")
 
     def _failure(self) -> WalError:
-        return WalError(f"WAL of collection {self.name!r} failed earlier and refuses writes "
-                        f"until reopened: {self._failed}")
+        return WalError(f"WAL of collection {self.name!r} failed and has not recovered yet: {self._failed}")
 
     def _check_usable(self) -> None:
         if self._closed:
