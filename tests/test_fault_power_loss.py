@@ -22,7 +22,7 @@ import proxistore
 from proxistore.errors import ProxistoreError
 from proxistore.testing.faultfs import FaultInjectingFileSystem
 
-from fault_workload import Outcome, Step, check_recovered, plan, run_steps
+from fault_workload import Outcome, Step, check_recovered, check_searches, expected, plan, run_steps, same_state
 
 
 def sweep_config(sync_mode: str, **wal) -> dict:
@@ -148,3 +148,81 @@ def test_interval_mode_loses_only_a_recent_suffix_of_acknowledged_writes(tmp_pat
         shutil.rmtree(root)
         shutil.rmtree(after)
     assert lost_some, "no crash point lost an acknowledged write: the sweep did not test the window"
+
+
+def thread_plan(t: int, batches: int, rows: int = 5) -> List[Step]:
+    """Writer ``t``'s batches on the shared collection ``c``: inserts of its own ids, every third
+    an upsert of its previous batch, every fifth a delete of two of them."""
+    rng = np.random.default_rng(100 + t)
+    steps: List[Step] = []
+    prev: List[str] = []
+    for b in range(batches):
+        vecs = rng.standard_normal((rows, 8)).astype(np.float32)
+        if b % 5 == 4 and prev:
+            steps.append(Step("delete", "c", ids=prev[:2]))
+        elif b % 3 == 2 and prev:
+            steps.append(Step("upsert", "c", ids=list(prev), vectors=vecs, metadata=[{"t": t, "b": b}] * rows))
+        else:
+            prev = [f"t{t}-{b}-{i}" for i in range(rows)]
+            steps.append(Step("insert", "c", ids=prev, vectors=vecs, metadata=[{"t": t, "b": b}] * rows))
+    return steps
+
+
+def background_config(sync_mode: str) -> dict:
+    return {"wal": {"avro": {"sync_mode": sync_mode, "segment_size": "4kB"}},
+            "flush": {"size": {"memory_flush_size_bytes": "3kB"}},
+            "storage": {"viper": {"index": "flat", "indexing_threshold": 16, "compaction_min_segments": 2,
+                                  "compaction_base_rows": 8}},
+            "maintenance": {"check_interval": "5ms"}}
+
+
+def run_threads(root, plans, config, crash_at=None):
+    fs = FaultInjectingFileSystem(str(root), crash_at=crash_at, keep_trace=False)
+    db = proxistore.open(root, config, fs=fs)
+    db.create_collection("c", dim=8, metric="l2")
+    outcomes = [Outcome() for _ in plans]
+    threads = [threading.Thread(target=lambda i=i: outcomes.__setitem__(i, run_steps(db, plans[i])))
+               for i in range(len(plans))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    fs.crash()
+    try:
+        db.close()
+    except (ProxistoreError, OSError):
+        pass
+    return fs, outcomes
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("sync_mode", ["always", "group"])
+def test_power_loss_under_concurrent_writers_and_background_maintenance_loses_nothing(tmp_path, sync_mode):
+    """The larger workload, sampled: three writers on one collection while background flushes,
+    WAL checkpoints and compactions run; the crash lands wherever operation N falls."""
+    plans = [thread_plan(t, 40) for t in range(3)]
+    config = background_config(sync_mode)
+    dry, outs = run_threads(tmp_path / "dry", plans, config)
+    assert all(o.failed is None for o in outs), [o.error for o in outs]
+    points = sorted(set(np.random.default_rng(11).integers(60, dry.ops + 1, size=40).tolist()))
+    crashed_mid_run = 0
+    for n in points:
+        fs, outs = run_threads(tmp_path / f"db{n}", plans, config, crash_at=n)
+        after = fs.image().materialize(str(tmp_path / f"after{n}"))
+        with proxistore.open(after, config) as db:
+            col = db.collection("c")
+            live = {}
+            for t, (steps, out) in enumerate(zip(plans, outs)):
+                ids = sorted({i for s in steps for i in s.ids})
+                got = {i: (np.asarray(r.vector), r.metadata) for i, r in zip(ids, col.get(ids)) if r is not None}
+                ok = [k for k in candidates_for(out)
+                      if same_state({"c": got}, expected([Step("create", "c")] + steps, k + 1)) is None]
+                assert ok, (f"{sync_mode}: power lost before operation {n}: writer {t} acknowledged "
+                            f"{out.acked} batches (failed: {out.failed}); what survived matches neither")
+                live.update(got)
+            assert col.count() == len(live)
+            check_searches(db, {"c": live})
+            crashed_mid_run += any(o.failed is not None for o in outs)
+        shutil.rmtree(tmp_path / f"db{n}")
+        shutil.rmtree(after)
+    assert crashed_mid_run > len(points) // 2, "most crash points should fall while writers run"
