@@ -161,8 +161,12 @@ class Memtable:
             return self._meta_table
 
     def search(self, queries: np.ndarray, k: int, *, filter: Any = None,
-               shadowed: Optional[Sequence[str]] = None) -> SearchHits:
-        """Exact top-k over live rows; rows whose ids are in ``shadowed`` are skipped."""
+               shadowed: Optional[Sequence[str]] = None, with_metadata: bool = False) -> SearchHits:
+        """Exact top-k over live rows; rows whose ids are in ``shadowed`` are skipped.
+
+        ``with_metadata``: each hit's metadata as of the same moment as its LSN and the filter
+        (a concurrent upsert of a hit cannot give it a newer version's metadata)."""
+        metas: Optional[List[Optional[Mapping[str, Any]]]] = None
         with self._lock:
             n = len(self._ids)
             m = len(queries)
@@ -179,6 +183,8 @@ class Memtable:
             vectors = self._vectors[:n]
             lsns = self._lsns[:n].copy()
             ids = np.array(self._ids, dtype=object)
+            if with_metadata:
+                metas = list(self._meta)
         pos, dist = exact_topk(queries, vectors, k, self.metric, mask)
         valid = pos >= 0
         safe = np.where(valid, pos, 0)
@@ -186,6 +192,8 @@ class Memtable:
         hits.ids[valid] = ids[safe][valid]
         hits.distances[:] = dist
         hits.lsns[valid] = lsns[safe][valid]
+        if metas is not None:
+            hits.metadata = [[metas[p] if p >= 0 else None for p in row] for row in pos.tolist()]
         return hits
 
     def ids(self) -> List[str]:

@@ -221,18 +221,19 @@ class CollectionRuntime:
         newer: List[str] = []
         for mt in memtables:
             if len(mt):                           # an empty memtable has nothing to add or shadow
-                parts.append(mt.search(queries, k, filter=filter, shadowed=newer))
+                parts.append(mt.search(queries, k, filter=filter, shadowed=newer, with_metadata=with_metadata))
                 newer = newer + mt.ids() if len(memtables) > 1 else newer
-        parts.append(self._search_store(queries, k, filter, ef, memtables))
+        parts.append(self._search_store(queries, k, filter, ef, memtables, with_metadata))
         return _merge(parts, m, k)
 
     def _search_store(self, queries: np.ndarray, k: int, filter: Any, ef: Optional[int],
-                      memtables: List[Memtable]) -> SearchHits:
+                      memtables: List[Memtable], with_metadata: bool = False) -> SearchHits:
         """Storage hits not superseded by a memtable row; fetches deeper when some were dropped."""
         fetch = k
         total = self.store.count()
+        search = self.store.search_with_metadata if with_metadata else self.store.search
         while True:
-            hits = self.store.search(queries, fetch, filter=filter, ef=ef)
+            hits = search(queries, fetch, filter=filter, ef=ef)
             dropped = np.zeros(hits.ids.shape, dtype=bool)
             if any(len(mt) for mt in memtables):
                 for (qi, j), id_ in np.ndenumerate(hits.ids):
@@ -337,6 +338,7 @@ def _merge(parts: List[SearchHits], m: int, k: int) -> SearchHits:
                 and (p.distances[:, 1:] >= p.distances[:, :-1]).all()):
             return p
     out = SearchHits.empty(m, k)
+    with_meta = all(p.metadata is not None for p, _ in live)
     ids = np.concatenate([p.ids for p, _ in live], axis=1)
     dists = np.concatenate([p.distances for p, _ in live], axis=1)
     lsns = np.concatenate([p.lsns for p, _ in live], axis=1)
@@ -365,4 +367,9 @@ def _merge(parts: List[SearchHits], m: int, k: int) -> SearchHits:
         out.ids[r, c] = ids[r, src]
         out.distances[r, c] = dists[r, src]
         out.lsns[r, c] = lsns[r, src]
+    if with_meta:      # each hit keeps the metadata its source read with it
+        metas = [[meta for p, _ in live for meta in p.metadata[qi]] for qi in range(m)]
+        out.metadata = [[None] * k for _ in range(m)]
+        for qi, j, col in zip(rows, cols, taken):
+            out.metadata[qi][j] = metas[qi][col]
     return out
