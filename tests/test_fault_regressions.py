@@ -3,13 +3,15 @@ disk-full ingest and failing background work with maintenance running."""
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 import numpy as np
 import pytest
 
 import proxistore
-from proxistore.errors import DataDirectoryError, WalError
+from proxistore.errors import CollectionNotFound, DataDirectoryError, FlushError, WalError
+from proxistore.fileio import LocalFileSystem
 from proxistore.testing.faultfs import Fault, FaultInjectingFileSystem
 
 CONFIG = {"wal": {"avro": {"segment_size": "2kB"}}, "flush": {"policies": ["manual"]},
@@ -155,3 +157,47 @@ def test_failing_background_flushes_and_compactions_are_retried_and_lose_nothing
         c = again.collection("c")
         assert c.count() == len(expected)
         assert all(np.array_equal(r.vector, expected[i]) for i, r in zip(sorted(expected), c.get(sorted(expected))))
+
+
+class SlowWalDisk(LocalFileSystem):
+    """WAL fsyncs take a while (a busy disk), and rmtree lists a directory some time before it
+    deletes what it listed: a spare segment is still being made when its collection is dropped."""
+
+    def _fsync(self, handle):
+        if "/wal/" in handle.path:
+            time.sleep(0.1)
+        super()._fsync(handle)
+
+    def rmtree(self, path):
+        names = os.listdir(path)
+        time.sleep(0.3)
+        for name in names:
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+
+
+def test_dropping_a_collection_while_a_flush_makes_its_next_wal_segments_succeeds(tmp_path):
+    """Found by the crash soak: drop_collection raised WalError when a flush of the collection
+    was making a spare WAL segment at that moment (the spare was removed under the drop)."""
+    import threading
+    db = proxistore.open(tmp_path / "db", CONFIG, fs=SlowWalDisk())
+    db.maintenance.pause(True)
+    col = db.create_collection("c", dim=8)
+    col.insert([f"{i}" for i in range(10)], vectors(10))
+    outcome = []
+
+    def flush():
+        try:
+            outcome.append(db.flush("c"))
+        except (FlushError, CollectionNotFound) as exc:   # dropped under it: fine
+            outcome.append(exc)
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    time.sleep(0.15)                  # the freeze rotated the WAL and is making a spare segment
+    db.drop_collection("c")
+    flusher.join()
+    assert db.collections() == [] and len(outcome) == 1
+    db.close()
+    with proxistore.open(tmp_path / "db", CONFIG) as again:
+        assert again.collections() == []

@@ -286,8 +286,10 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
         spares: List[Segment] = []
         try:
             with self._lock:
-                spares, self._spares = self._spares, []
                 self._closed = True             # a prepare_rotation() finishing now discards its spare
+                while self._preparing:          # ... and is waited for: the directory may be deleted next
+                    self._spare_done.wait()
+                spares, self._spares = self._spares, []
                 if self._failed:
                     try:
                         self._heal()            # so that no partial record stays for replay

@@ -134,16 +134,22 @@ class RotationMixin:
                 pass                  # the log failed (and said so); the next append raises it
         finally:
             with self._lock:
-                self._preparing = False
                 added = seg is not None and not self._closed
                 if added:
                     self._spares.append(seg)
                     seg = None
                     self._c["segments_prepared"] += 1
-                self._spare_done.notify_all()
-        if seg is not None:           # closed meanwhile
-            seg.handle.close()
-            self._undo_spare(seg.path, sync_dir=False)
+                if seg is None:
+                    self._preparing = False
+                    self._spare_done.notify_all()
+        if seg is not None:           # closed meanwhile: close() waits until the spare is gone
+            try:
+                seg.handle.close()
+                self._undo_spare(seg.path, sync_dir=False)
+            finally:
+                with self._lock:
+                    self._preparing = False
+                    self._spare_done.notify_all()
         return added
 
     def _undo_spare(self, path: str, *, sync_dir: bool) -> None:
