@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["METRICS", "normalize", "distances", "exact_topk"]
+__all__ = ["METRICS", "normalize", "squared_norms", "distances", "exact_topk"]
 
 METRICS = ("cosine", "l2", "ip")
 
@@ -22,22 +22,39 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32, copy=False)
 
 
-def distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
-    """The ``(m, n)`` matrix of distances between queries and vectors under ``metric``."""
+def squared_norms(vectors: np.ndarray) -> np.ndarray:
+    """Each row's squared euclidean norm (float32), for :func:`distances`' ``sqnorms``."""
+    v = np.asarray(vectors, dtype=np.float32)
+    return np.einsum("ij,ij->i", v, v).astype(np.float32, copy=False)
+
+
+def distances(queries: np.ndarray, vectors: np.ndarray, metric: str,
+              sqnorms: Optional[np.ndarray] = None) -> np.ndarray:
+    """The ``(m, n)`` matrix of distances between queries and vectors under ``metric``.
+
+    ``sqnorms``: the rows' squared norms, kept by a caller that searches the same rows many
+    times (a memtable), so that cosine and l2 cost one matrix product and no pass over the rows.
+    """
     q = np.asarray(queries, dtype=np.float32)
     v = np.asarray(vectors, dtype=np.float32)
     if metric == "ip":
         return -(q @ v.T)
     if metric == "cosine":
-        return 1.0 - normalize(q) @ normalize(v).T
+        if sqnorms is None:
+            return 1.0 - normalize(q) @ normalize(v).T
+        norms = np.sqrt(sqnorms)
+        norms[norms == 0] = 1.0
+        return 1.0 - (normalize(q) @ v.T) / norms[None, :]
     if metric == "l2":
-        d = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + (v * v).sum(1)[None, :]
+        vv = (v * v).sum(1) if sqnorms is None else sqnorms
+        d = (q * q).sum(1)[:, None] - 2.0 * (q @ v.T) + vv[None, :]
         return np.maximum(d, 0.0)
     raise ValueError(f"unknown metric {metric!r}")
 
 
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, metric: str,
-               mask: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+               mask: Optional[np.ndarray] = None,
+               sqnorms: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Row positions ``(m, k)`` and distances ``(m, k)`` of the k closest rows, best first.
 
     Rows where ``mask`` is False are never returned; missing results are position -1, distance inf.
@@ -48,7 +65,7 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, k: int, metric: str,
     n = len(vectors)
     if n == 0 or m == 0:
         return pos, dist
-    d = distances(queries, vectors, metric).astype(np.float32, copy=False)
+    d = distances(queries, vectors, metric, sqnorms).astype(np.float32, copy=False)
     if mask is not None:
         d = np.where(mask[None, :], d, np.inf)
     kk = min(k, n)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .contracts import OP_DELETE, SearchHits, SegmentRows, StoredRecord, WalBatch
-from .distance import exact_topk
+from .distance import exact_topk, squared_norms
 from .filters import metadata_table
 
 __all__ = ["Memtable"]
@@ -41,6 +41,7 @@ class Memtable:
         self.metric = metric
         self._lock = threading.RLock()
         self._vectors = np.zeros((capacity, dim), dtype=np.float32)
+        self._sqnorms = np.zeros(capacity, dtype=np.float32)    # of each row, for exact search
         self._lsns = np.zeros(capacity, dtype=np.int64)
         self._deleted = np.zeros(capacity, dtype=bool)
         self._ids: List[str] = []
@@ -76,6 +77,7 @@ class Memtable:
             self._reserve(len(self._ids) + n)
             is_delete = batch.op == OP_DELETE
             vecs = batch.vectors
+            sq = None if is_delete else squared_norms(vecs)
             metas = batch.metadata
             for i, id_ in enumerate(batch.ids):
                 lsn = batch.first_lsn + i
@@ -94,8 +96,10 @@ class Memtable:
                 self._deleted[row] = is_delete
                 if is_delete:
                     self._vectors[row] = 0.0
+                    self._sqnorms[row] = 0.0
                 else:
                     self._vectors[row] = vecs[i]
+                    self._sqnorms[row] = sq[i]
                 self._meta[row] = meta
                 size = (self.dim * 4 + 9 + sys.getsizeof(id_) + _INDEX_ENTRY_BYTES + _metadata_bytes(meta))
                 self.nbytes += size - self._row_bytes[row]
@@ -113,7 +117,7 @@ class Memtable:
         if rows <= cap:
             return
         new_cap = max(rows, int(cap * _GROWTH) + 1)
-        for name in ("_vectors", "_lsns", "_deleted"):
+        for name in ("_vectors", "_sqnorms", "_lsns", "_deleted"):
             old = getattr(self, name)
             new = np.zeros((new_cap,) + old.shape[1:], dtype=old.dtype)
             new[:cap] = old
@@ -181,11 +185,12 @@ class Memtable:
                     if row is not None:
                         mask[row] = False
             vectors = self._vectors[:n]
+            sqnorms = self._sqnorms[:n]
             lsns = self._lsns[:n].copy()
             ids = np.array(self._ids, dtype=object)
             if with_metadata:
                 metas = list(self._meta)
-        pos, dist = exact_topk(queries, vectors, k, self.metric, mask)
+        pos, dist = exact_topk(queries, vectors, k, self.metric, mask, sqnorms)
         valid = pos >= 0
         safe = np.where(valid, pos, 0)
         hits = SearchHits.empty(m, k)

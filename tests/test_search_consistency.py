@@ -52,3 +52,32 @@ def test_filtered_search_hits_keep_the_metadata_they_matched_under_concurrent_up
             t.join()
         assert searches > 50
         assert not bad, f"{len(bad)} hits carry metadata that fails the filter, e.g. {bad[:3]}"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_memtable_search_with_its_kept_norms_equals_an_exact_search_after_upserts_and_deletes(metric):
+    from proxistore.contracts import OP_DELETE, OP_UPSERT, WalBatch
+    from proxistore.distance import exact_topk
+    from proxistore.memtable import Memtable
+
+    rng = np.random.default_rng(1)
+    mt = Memtable(16, metric)
+    live = {}
+    lsn = 1
+    for step in range(60):
+        ids = [f"r{i}" for i in rng.choice(300, 12, replace=False)]
+        if step % 5 == 4:
+            mt.apply(WalBatch(OP_DELETE, lsn, ids))
+            for i in ids:
+                live.pop(i, None)
+        else:
+            vecs = (rng.standard_normal((12, 16)) * rng.uniform(0.1, 10)).astype(np.float32)
+            mt.apply(WalBatch(OP_UPSERT, lsn, ids, vecs))
+            live.update(zip(ids, vecs))
+        lsn += len(ids)
+    q = rng.standard_normal((5, 16)).astype(np.float32)
+    hits = mt.search(q, 10)
+    names = sorted(live)
+    pos, dist = exact_topk(q, np.stack([live[n] for n in names]), 10, metric)
+    assert hits.ids.tolist() == [[names[p] for p in row] for row in pos.tolist()]
+    np.testing.assert_allclose(hits.distances, dist, rtol=1e-4, atol=1e-4)
