@@ -106,11 +106,13 @@ class CollectionRuntime:
                     self._cond.notify_all()
                 raise
             with self._cond:
-                self.memtables[0].apply(batch)
-                self.live_count += self._count_delta(op, ids, states)
-                self._unpend(batch)
-                self._inflight -= 1
-                self._cond.notify_all()
+                try:
+                    self.memtables[0].apply(batch)
+                    self.live_count += self._count_delta(op, ids, states)
+                finally:   # whatever apply raised, a freeze waiting for in-flight batches goes on
+                    self._unpend(batch)
+                    self._inflight -= 1
+                    self._cond.notify_all()
         finally:
             self.db.admission.release(reserve)
         self.db.maintenance.wake()

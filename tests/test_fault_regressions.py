@@ -201,3 +201,27 @@ def test_dropping_a_collection_while_a_flush_makes_its_next_wal_segments_succeed
     db.close()
     with proxistore.open(tmp_path / "db", CONFIG) as again:
         assert again.collections() == []
+
+
+def test_a_batch_whose_memtable_apply_fails_does_not_block_later_flushes(tmp_path, monkeypatch):
+    """Found by the A/B runs: if applying a synced batch to the memtable raised (an allocation
+    failure, say), the batch stayed counted as in flight and every later freeze (flush, close)
+    waited for it forever. The patched apply stands in for a MemoryError while growing."""
+    import threading
+    from proxistore.memtable import Memtable
+    db = proxistore.open(tmp_path / "db", CONFIG)
+    col = db.create_collection("c", dim=8)
+    real_apply = Memtable.apply
+
+    def failing_apply(self, batch, written_at=None):
+        raise MemoryError("injected: cannot grow the memtable")
+
+    monkeypatch.setattr(Memtable, "apply", failing_apply)
+    with pytest.raises(MemoryError):
+        col.insert(["a"], vectors(1))
+    monkeypatch.setattr(Memtable, "apply", real_apply)
+    col.insert(["b"], vectors(1, 1))
+    done = threading.Event()
+    threading.Thread(target=lambda: (db.flush("c"), done.set()), daemon=True).start()
+    assert done.wait(10), "db.flush() hangs on a batch that never left the in-flight count"
+    db.close()
