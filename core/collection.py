@@ -104,13 +104,13 @@ class Collection:
         if len(q) != 1:
             raise InvalidVector(f"search takes one query, got {len(q)}; use search_batch")
         with_meta = bool(rt._meta_types)   # False: no row of this collection ever had metadata
-        flt = compile_filter(filter) if filter else None
-        hits = rt.search(q, check_k(k), flt, _check_ef(ef), with_metadata=with_meta)
+        args = (q, check_k(k), compile_filter(filter) if filter else None, _check_ef(ef))
+        hits = rt.search(*args, with_metadata=with_meta)
         if not with_meta and rt._meta_types and (hits.ids != None).any():  # noqa: E711 (elementwise)
             # The collection's first metadata arrived during the search (its types are noted
             # before its rows become visible): search again, reading metadata with the hits.
             with_meta = True
-            hits = rt.search(q, check_k(k), flt, _check_ef(ef), with_metadata=True)
+            hits = rt.search(*args, with_metadata=True)
         if not with_meta:
             return [Hit(id_, d, None) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist())
                     if id_ is not None]

@@ -81,3 +81,30 @@ def test_memtable_search_with_its_kept_norms_equals_an_exact_search_after_upsert
     pos, dist = exact_topk(q, np.stack([live[n] for n in names]), 10, metric)
     assert hits.ids.tolist() == [[names[p] for p in row] for row in pos.tolist()]
     np.testing.assert_allclose(hits.distances, dist, rtol=1e-4, atol=1e-4)
+
+
+def test_a_search_overlapping_the_first_metadata_write_returns_that_metadata(tmp_path):
+    """Found by the crash soak: a search decided whether to read metadata before it searched,
+    so the collection's first row with metadata could come back with ``metadata=None``."""
+    import sys
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)            # switch threads often, so the race shows in a few trials
+    try:
+        with proxistore.open(tmp_path / "db", {"wal": {"avro": {"sync_mode": "none"}}}) as db:
+            for trial in range(60):
+                col = db.create_collection(f"c{trial}", dim=4, metric="l2")
+                stop = threading.Event()
+                seen = []
+
+                def search():
+                    while not stop.is_set():
+                        seen.extend(col.search(np.zeros(4, np.float32), k=1))
+
+                th = threading.Thread(target=search)
+                th.start()
+                col.insert(["a"], np.zeros((1, 4), np.float32), [{"k": 1}])   # the first row with metadata
+                stop.set()
+                th.join()
+                assert all(h.metadata == {"k": 1} for h in seen), f"trial {trial}: {seen[:3]}"
+    finally:
+        sys.setswitchinterval(old)

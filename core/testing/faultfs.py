@@ -36,7 +36,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from proxistore.fileio import FileHandle, LocalFileSystem
 
@@ -265,11 +265,6 @@ class FaultInjectingFileSystem(LocalFileSystem):
         walk(self._root, "")
         return image
 
-    def durable_files(self) -> Iterator[str]:
-        """Root-relative paths of the files that would survive a crash now (diagnostics)."""
-        with self._lock:
-            return iter(sorted(self._capture().files))
-
     # -- the seam --------------------------------------------------------------------------------
 
     def open(self, path: str, mode: str) -> FileHandle:
@@ -356,10 +351,15 @@ class FaultInjectingFileSystem(LocalFileSystem):
             dst_parent.children[dst_name] = node
 
     def unlink(self, path: str) -> None:
+        self._remove("unlink", path, super().unlink)
+
+    def _remove(self, op: str, path: str, remove) -> None:
+        """Unlink a file or remove a tree: gone from its directory's live entries (the durable
+        ones keep it until that directory is fsynced)."""
         with self._lock:
-            self._begin("unlink", path)
-            self._known(path, "unlink")
-            super().unlink(path)
+            self._begin(op, path)
+            self._known(path, op)
+            remove(path)
             parent, name = self._parent(path)
             if parent is not None:
                 parent.children.pop(name, None)
@@ -380,10 +380,4 @@ class FaultInjectingFileSystem(LocalFileSystem):
                 node = child
 
     def rmtree(self, path: str) -> None:
-        with self._lock:
-            self._begin("rmtree", path)
-            self._known(path, "rmtree")
-            super().rmtree(path)
-            parent, name = self._parent(path)
-            if parent is not None:
-                parent.children.pop(name, None)
+        self._remove("rmtree", path, super().rmtree)
