@@ -42,6 +42,12 @@ def _lower_priority(nice: int) -> None:
         log.warning("could not lower the priority of a maintenance worker: %s", exc)
 
 
+class _PoolShutDown(Exception):
+    """The worker pool refuses new work: :meth:`Maintenance.close` shut it, or the interpreter
+    is exiting without ``close()`` (Python shuts every thread pool then). The scheduler stops
+    quietly; acknowledged writes are in the WAL and replay on the next open."""
+
+
 class Maintenance:
     def __init__(self, db: Any, policies: List[FlushPolicy], settings: Mapping[str, Any]) -> None:
         self.db = db
@@ -88,6 +94,8 @@ class Maintenance:
                 continue
             try:
                 self.tick()
+            except _PoolShutDown:
+                break
             except Exception:  # the scheduler must survive any single bad tick; logged and counted
                 log.exception("maintenance tick failed")
                 self.errors.append("tick failed")
@@ -121,9 +129,15 @@ class Maintenance:
                 return None
             if self._retry_at.get(name, 0.0) > now:
                 return None
-            future = self._pool.submit(self._drain_job, name)
+            future = self._submit(self._drain_job, name)
             self._running[name] = future
             return future
+
+    def _submit(self, job: Any, *args: Any) -> Future:
+        try:
+            return self._pool.submit(job, *args)
+        except RuntimeError as exc:     # concurrent.futures' only refusal: the pool is shut down
+            raise _PoolShutDown() from exc
 
     def _drain_job(self, name: str) -> None:
         rt = self.db.runtime_or_none(name)
@@ -148,7 +162,7 @@ class Maintenance:
                 running = self._storage_running.get(rt.name)
                 if running is not None and not running.done():
                     continue
-                self._storage_running[rt.name] = self._pool.submit(self._storage_job, rt)
+                self._storage_running[rt.name] = self._submit(self._storage_job, rt)
 
     def _storage_job(self, rt: Any) -> None:
         try:

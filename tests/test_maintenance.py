@@ -6,6 +6,8 @@ import errno
 import fnmatch
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -154,3 +156,27 @@ def test_writer_flood_never_takes_memtables_past_the_memory_limit(tmp_path):
         assert db.stats()["backpressure"]["timeouts"] == 0
         overhead = peak["rss"] - baseline
         assert overhead < limit + 400_000_000, f"RSS grew by {overhead / 1e6:.0f} MB under a 64 MB memtable limit"
+
+
+_EXIT_WITHOUT_CLOSE = """
+import sys
+import numpy as np
+import proxistore
+db = proxistore.open(sys.argv[1])
+col = db.create_collection("c", dim=8)
+rng = np.random.default_rng(0)
+for i in range(300):
+    col.insert([f"{i}-{j}" for j in range(10)], rng.random((10, 8), dtype=np.float32))
+"""
+
+
+def test_a_process_that_exits_without_close_prints_nothing_and_loses_nothing(tmp_path):
+    # Python shuts every thread pool when the main thread ends; the scheduler's next tick used to
+    # report each refused submit as "maintenance tick failed" with a traceback, on every such exit.
+    for attempt in range(3):
+        path = tmp_path / f"db{attempt}"
+        proc = subprocess.run([sys.executable, "-c", _EXIT_WITHOUT_CLOSE, str(path)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        with proxistore.open(path) as db:
+            assert db.collection("c").count() == 3000

@@ -196,3 +196,19 @@ def test_search_sees_a_consistent_snapshot_while_compaction_and_flushes_commit(t
     assert not errors, errors[0]
     assert store.count() == 2400 - 39
     assert store.stats()["compactions"] >= 3
+
+
+def test_search_hits_carry_the_metadata_get_returns_with_missing_keys_and_rows_without_any(tmp_path):
+    import proxistore
+    metas = [{"s": "x", "n": 1}, {"n": 2.5}, None, {"s": "y", "flag": True}, {"s": "x"}]
+    v = np.eye(5, dtype=np.float32)
+    with proxistore.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=5, metric="l2")
+        col.insert([f"r{i}" for i in range(5)], v, metadata=metas)
+        db.flush()
+        for i in range(5):
+            (hit,) = col.search(v[i], k=1)
+            assert hit.id == f"r{i}"
+            assert hit.metadata == col.get([hit.id])[0].metadata == (metas[i] or None)
+        hits = col.search(v[0], k=5)
+        assert {h.id: h.metadata for h in hits} == {f"r{i}": metas[i] for i in range(5)}

@@ -128,6 +128,19 @@ def _raised(value: int, fraction: float, ceiling: int) -> int:
     return int(min(max(value, raised), max(ceiling, value)))
 
 
+def _search_c(index: Any, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``index.search(queries, k)`` through faiss's C entry point; ``queries`` must already be
+    C-contiguous float32 of the index's dimension (viper's query preparation makes them so)."""
+    if queries.dtype != np.float32 or not queries.flags.c_contiguous:
+        return index.search(queries, k)
+    import faiss
+    n = len(queries)
+    dist = np.empty((n, k), dtype=np.float32)
+    pos = np.empty((n, k), dtype=np.int64)
+    index.search_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(dist), faiss.swig_ptr(pos))
+    return dist, pos
+
+
 class FaissIndex(AnnIndex):
     """A faiss ``IndexHNSWFlat``, ``IndexIVFFlat`` or ``IndexFlat`` (inner product or L2)."""
 
@@ -199,8 +212,8 @@ class FaissIndex(AnnIndex):
         if allowed is None and self._pinned is not None and max(ef, k) == self._pinned:
             # The usual unfiltered query at the configured efSearch: straight to faiss. The
             # general path below costs ~10 µs more per call (a third of viper's overhead on a
-            # single query).
-            dist, pos = self.index.search(queries, k)
+            # single query), and faiss's Python wrapper ~5 µs more than its C entry point.
+            dist, pos = _search_c(self.index, queries, k)
             out = (np.float32(1.0) - dist) if self.metric == "cosine" else \
                 (dist if self.metric == "l2" else -dist)
             if pos.size and pos.min() < 0:

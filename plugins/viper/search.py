@@ -133,7 +133,7 @@ def search_views(views: Tuple[SegmentView, ...], queries: np.ndarray, k: int, *,
         if kk == k and (pos.size == 0 or pos.min() >= 0):    # the common case: k hits from one segment
             hits = SearchHits(data.ids[pos], np.ascontiguousarray(dist, dtype=np.float32), data.lsns[pos])
             if with_metadata:
-                hits.metadata = [data.metadata_rows(row) for row in pos]
+                hits.metadata = [data.metadata_rows(row) for row in pos.tolist()]
             return hits
         hits = SearchHits.empty(m, k)
         valid = pos >= 0
