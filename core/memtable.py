@@ -5,11 +5,13 @@ one row; a newer LSN overwrites it in place (a delete turns it into a tombstone)
 ignored, so applying batches out of LSN order still leaves the newest version.
 
 Byte accounting (``nbytes``) counts what the rows hold: vector and LSN bytes, the id strings and
-the index entry for each, and the metadata dicts with their keys and values. ``allocated_bytes``
+the index entry for each, and the metadata dicts with their keys and values (as JSON text,
+shared evenly among the rows of a batch that have metadata). ``allocated_bytes``
 adds the unused capacity of the arrays.
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -27,10 +29,15 @@ _GROWTH = 1.5
 _INDEX_ENTRY_BYTES = 100  # one slot of the id -> row dict and of the ids list, measured on CPython 3.11
 
 
-def _metadata_bytes(meta: Optional[Mapping[str, Any]]) -> int:
-    if not meta:
-        return 0
-    return sys.getsizeof(meta) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in meta.items())
+def _metadata_sizes(metas: Sequence[Optional[Mapping[str, Any]]]) -> List[int]:
+    """Bytes each row's metadata holds: its dict as CPython sizes it, plus its share of the
+    batch's keys and values measured as JSON text (one C call for the batch, where sizing every
+    key and value object took a third of an insert of 1,000 rows with two keys each)."""
+    present = [m for m in metas if m]
+    if not present:
+        return [0] * len(metas)
+    share = len(json.dumps(present, separators=(",", ":"))) // len(present)
+    return [sys.getsizeof(m) + share if m else 0 for m in metas]
 
 
 class Memtable:
@@ -76,41 +83,68 @@ class Memtable:
             n = len(batch.ids)
             self._reserve(len(self._ids) + n)
             is_delete = batch.op == OP_DELETE
-            vecs = batch.vectors
-            sq = None if is_delete else squared_norms(vecs)
-            metas = batch.metadata
-            for i, id_ in enumerate(batch.ids):
-                lsn = batch.first_lsn + i
-                meta = None if is_delete or metas is None else metas[i]
-                row = self._row_of.get(id_)
-                if row is None:
-                    row = len(self._ids)
-                    self._ids.append(id_)
-                    self._meta.append(None)
-                    self._row_bytes.append(0)
-                    self._row_of[id_] = row
-                    self._lsns[row] = -1
-                elif self._lsns[row] >= lsn:
-                    continue
-                self._lsns[row] = lsn
-                self._deleted[row] = is_delete
-                if is_delete:
-                    self._vectors[row] = 0.0
-                    self._sqnorms[row] = 0.0
-                else:
-                    self._vectors[row] = vecs[i]
-                    self._sqnorms[row] = sq[i]
-                self._meta[row] = meta
-                size = (self.dim * 4 + 9 + sys.getsizeof(id_) + _INDEX_ENTRY_BYTES + _metadata_bytes(meta))
-                self.nbytes += size - self._row_bytes[row]
-                self._row_bytes[row] = size
-                if lsn > self.max_lsn:
-                    self.max_lsn = lsn
+            sq = None if is_delete else squared_norms(batch.vectors)
+            if not is_delete and self._row_of.keys().isdisjoint(batch.ids) and len(set(batch.ids)) == n:
+                self._append_new(batch, sq)
+            else:
+                self._apply_rows(batch, sq)
             if self._ids:
                 at = time.monotonic() if written_at is None else written_at
                 if self.first_write_at is None or at < self.first_write_at:
                     self.first_write_at = at
             self._meta_table = None
+
+    def _append_new(self, batch: WalBatch, sq: np.ndarray) -> None:
+        """The common case, without a loop in Python: every id of an insert or upsert is new here."""
+        n = len(batch.ids)
+        start = len(self._ids)
+        end = start + n
+        self._vectors[start:end] = batch.vectors
+        self._sqnorms[start:end] = sq
+        self._lsns[start:end] = np.arange(batch.first_lsn, batch.first_lsn + n, dtype=np.int64)
+        self._deleted[start:end] = False
+        self._ids.extend(batch.ids)
+        self._row_of.update(zip(batch.ids, range(start, end)))
+        metas = batch.metadata if batch.metadata is not None else [None] * n
+        self._meta.extend(metas)
+        fixed = self.dim * 4 + 9 + _INDEX_ENTRY_BYTES
+        sizes = [fixed + a + b for a, b in zip(map(sys.getsizeof, batch.ids), _metadata_sizes(metas))]
+        self._row_bytes.extend(sizes)
+        self.nbytes += sum(sizes)
+        self.max_lsn = max(self.max_lsn, batch.first_lsn + n - 1)
+
+    def _apply_rows(self, batch: WalBatch, sq: Optional[np.ndarray]) -> None:
+        """Row by row: deletes, and batches with ids this memtable already holds."""
+        is_delete = batch.op == OP_DELETE
+        vecs = batch.vectors
+        metas = batch.metadata
+        for i, id_ in enumerate(batch.ids):
+            lsn = batch.first_lsn + i
+            meta = None if is_delete or metas is None else metas[i]
+            row = self._row_of.get(id_)
+            if row is None:
+                row = len(self._ids)
+                self._ids.append(id_)
+                self._meta.append(None)
+                self._row_bytes.append(0)
+                self._row_of[id_] = row
+                self._lsns[row] = -1
+            elif self._lsns[row] >= lsn:
+                continue
+            self._lsns[row] = lsn
+            self._deleted[row] = is_delete
+            if is_delete:
+                self._vectors[row] = 0.0
+                self._sqnorms[row] = 0.0
+            else:
+                self._vectors[row] = vecs[i]
+                self._sqnorms[row] = sq[i]
+            self._meta[row] = meta
+            size = self.dim * 4 + 9 + sys.getsizeof(id_) + _INDEX_ENTRY_BYTES + _metadata_sizes([meta])[0]
+            self.nbytes += size - self._row_bytes[row]
+            self._row_bytes[row] = size
+            if lsn > self.max_lsn:
+                self.max_lsn = lsn
 
     def _reserve(self, rows: int) -> None:
         cap = len(self._lsns)

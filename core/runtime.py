@@ -94,8 +94,8 @@ class CollectionRuntime:
                 batch = WalBatch(op, first, ids, vectors, metadata, time.time())
                 token = self.wal.append(batch)
                 self._note_metadata_types(batch)
-                for i, id_ in enumerate(ids):
-                    self._pending[id_] = (first + i, op != OP_DELETE)
+                live = op != OP_DELETE
+                self._pending.update(zip(ids, ((lsn, live) for lsn in range(first, first + len(ids)))))
                 self._inflight += 1
             try:
                 self.wal.sync(token)
@@ -155,10 +155,12 @@ class CollectionRuntime:
         return sum(1 for i in ids if not states[i])
 
     def _note_metadata_types(self, batch: WalBatch) -> None:
+        types = self._meta_types
         for meta in batch.metadata or ():
-            for key, value in (meta or {}).items():
-                if value is not None and key not in self._meta_types:
-                    self._meta_types[key] = type(value).__name__
+            if meta and not types.keys() >= meta.keys():    # the usual row has only known keys
+                for key, value in meta.items():
+                    if value is not None and key not in types:
+                        types[key] = type(value).__name__
 
     # -- reads -----------------------------------------------------------------------------
 

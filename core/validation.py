@@ -143,37 +143,50 @@ def check_metadata(metadata: Any, n: int, types: Mapping[str, str]) -> Optional[
     if len(rows) != n:
         raise InvalidMetadata(f"{len(rows)} metadata entries for {n} ids; they must have the same length")
     seen: Dict[str, str] = {}
+    checked: set = set()     # (key, type name) pairs already found valid in this call
     out: List[Optional[Dict[str, Any]]] = []
     for i, row in enumerate(rows):
         if row is None:
             out.append(None)
             continue
-        if not isinstance(row, Mapping):
+        if type(row) is not dict and not isinstance(row, Mapping):
             raise InvalidMetadata(f"metadata[{i}] is {type(row).__name__}; each entry must be a dict or None")
-        clean: Dict[str, Any] = {}
+        clean = dict(row)    # a copy: the caller may change its dict after the call
         for key, value in row.items():
+            vtype = type(value)
+            if (key, vtype) in checked:
+                if vtype is float and not math.isfinite(value):
+                    raise InvalidMetadata(f"metadata[{i}][{key!r}] = {value!r} is not JSON-serialisable")
+                continue
             if not isinstance(key, str) or not key:
                 raise InvalidMetadata(f"metadata[{i}] has key {key!r}; keys must be non-empty strings")
             if value is None:
-                continue  # a null value and an absent key are the same thing in storage
-            tname = METADATA_TYPES.get(type(value))
-            if tname is None:
-                try:
-                    json.dumps(value)
-                except (TypeError, ValueError):
-                    raise InvalidMetadata(f"metadata[{i}][{key!r}] = {value!r} is not JSON-serialisable") from None
-                raise InvalidMetadata(f"metadata[{i}][{key!r}] is a {type(value).__name__}; values must be "
-                                      f"str, int, float, bool or None")
-            if tname == "float" and not math.isfinite(value):
-                raise InvalidMetadata(f"metadata[{i}][{key!r}] = {value!r} is not JSON-serialisable")
+                del clean[key]   # a null value and an absent key are the same thing in storage
+                continue
+            tname = _value_type(i, key, value)
             known = types.get(key) or seen.get(key)
             if known is not None and not _compatible(known, tname):
                 raise InvalidMetadata(f"metadata[{i}][{key!r}] is {tname}, but key {key!r} holds {known} "
                                       f"values in this collection")
             seen.setdefault(key, tname)
-            clean[key] = value
+            checked.add((key, vtype))
         out.append(clean or None)
     return out
+
+
+def _value_type(i: int, key: str, value: Any) -> str:
+    """The metadata type name of ``metadata[i][key]``; InvalidMetadata for anything else."""
+    tname = METADATA_TYPES.get(type(value))
+    if tname is None:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise InvalidMetadata(f"metadata[{i}][{key!r}] = {value!r} is not JSON-serialisable") from None
+        raise InvalidMetadata(f"metadata[{i}][{key!r}] is a {type(value).__name__}; values must be "
+                              f"str, int, float, bool or None")
+    if tname == "float" and not math.isfinite(value):
+        raise InvalidMetadata(f"metadata[{i}][{key!r}] = {value!r} is not JSON-serialisable")
+    return tname
 
 
 def _compatible(a: str, b: str) -> bool:
