@@ -73,3 +73,7 @@ def _from_uri(value: str, source: str):
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
         raise ConfigError(f"{value!r} is not a storage URI pyarrow can open: {e}", key=KEY,
                           file=source) from None
+    except OSError as e:     # a scheme pyarrow knows but cannot open here (hdfs without a JVM, ...)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{value!r}: pyarrow cannot open this filesystem here: {first}", key=KEY,
+                          file=source) from e
