@@ -57,11 +57,12 @@ class ArrowFileSystem(FileSystem):
     # -- files ----------------------------------------------------------------------------------
 
     def open(self, path: str, mode: str) -> FileHandle:
-        """``wb``: a new object, written on close; ``rb``: a random-access reader."""
+        """``wb``: a new object, written on close; ``rb``: the object's bytes (read whole: the
+        engine's files are written once and read whole)."""
         if mode == "wb":
             return FileHandle(self, path, _Upload())
         if mode == "rb":
-            return FileHandle(self, path, self._fs.open_input_file(path))
+            return FileHandle(self, path, io.BytesIO(self.read_bytes(path)))
         raise ValueError(f"{path}: mode {mode!r} is not supported on an object store "
                          f"(files are written once, whole: 'wb', or read: 'rb')")
 

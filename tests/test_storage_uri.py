@@ -21,8 +21,11 @@ import pytest
 
 import proxistore
 from proxistore.arrowfs import ArrowFileSystem
+from proxistore.contracts import CollectionInfo
 from proxistore.errors import ConfigError, StorageError
+from proxistore.plugins.viper import ViperEngine
 from proxistore.plugins.viper.manifest import load_manifest, versioned_name
+from proxistore.testing.storage import StorageEngineContract, make_rows
 
 from conftest import ids_for, random_vectors
 
@@ -223,6 +226,72 @@ def test_files_of_an_uncommitted_flush_are_orphans_removed_on_open(tmp_path, rng
     assert "seg-99999999.parquet" not in left and stale not in left
 
 
+class ManifestPutFails(ArrowFileSystem):
+    """The real S3 store, except that writing a manifest object fails (the process dies, or the
+    network goes, between the segment's PUT and the commit's)."""
+
+    def _close(self, handle):
+        if os.path.basename(handle.path).startswith("MANIFEST-") and not handle.raw.closed:
+            handle.raw.close()
+            raise OSError(5, "connection reset (injected)", handle.path)
+        super()._close(handle)
+
+
+def test_a_failed_manifest_put_commits_nothing_and_its_segment_is_an_orphan(rng, s3_uri):
+    fs, root = store_of(s3_uri)
+    engine = ViperEngine({}, fs=ArrowFileSystem(fs), root=root)
+    info = CollectionInfo(name="c", dim=DIM, metric="l2")
+    engine.create_collection(info)
+    store = engine.open_collection(info, {})
+    store.write_segment(make_rows(ids_for(10), random_vectors(rng, 10, DIM), 1))
+    store.close()
+    failing = ViperEngine({}, fs=ManifestPutFails(fs), root=root)
+    store = failing.open_collection(info, {})
+    with pytest.raises(StorageError, match="manifest commit failed"):
+        store.write_segment(make_rows(ids_for(5, "new"), random_vectors(rng, 5, DIM), 11))
+    assert store.flushed_lsn == 10
+    assert len([f for f in objects(s3_uri, "c") if f.endswith(".parquet")]) == 2   # the uncommitted one
+    store = ViperEngine({}, fs=ArrowFileSystem(fs), root=root).open_collection(info, {})
+    assert store.flushed_lsn == 10 and store.count() == 10
+    assert [o for o in store.orphans_removed if o.endswith(".parquet")]
+    assert len([f for f in objects(s3_uri, "c") if f.endswith(".parquet")]) == 1
+
+
+class ManifestPutLandsThenFails(ArrowFileSystem):
+    """The manifest's PUT reaches the store, then the client sees an error (a timeout): the
+    commit failed as far as the caller knows, yet its object is there."""
+
+    failing = True
+
+    def _close(self, handle):
+        landing = self.failing and os.path.basename(handle.path).startswith("MANIFEST-")
+        super()._close(handle)
+        if landing:
+            raise OSError(110, "timed out waiting for the response (injected)", handle.path)
+
+
+def test_a_retried_commit_goes_above_a_manifest_that_landed_unacknowledged(rng, s3_uri):
+    fs, root = store_of(s3_uri)
+    afs = ManifestPutLandsThenFails(fs)
+    afs.failing = False
+    engine = ViperEngine({}, fs=afs, root=root)
+    info = CollectionInfo(name="c", dim=DIM, metric="l2")
+    engine.create_collection(info)
+    store = engine.open_collection(info, {})
+    store.write_segment(make_rows(ids_for(10), random_vectors(rng, 10, DIM), 1))
+    afs.failing = True
+    rows = make_rows(ids_for(5, "new"), random_vectors(rng, 5, DIM), 11)
+    with pytest.raises(StorageError, match="manifest commit failed"):
+        store.write_segment(rows)
+    afs.failing = False
+    store.write_segment(rows)                     # the flush is retried: a new, higher generation
+    assert store.flushed_lsn == 15 and store.count() == 15
+    manifests = [f for f in objects(s3_uri, "c") if f.startswith("MANIFEST")]
+    assert manifests == [versioned_name(3)]       # 0 create, 1 first flush, 2 landed, 3 the retry
+    store = ViperEngine({}, fs=ArrowFileSystem(fs), root=root).open_collection(info, {})
+    assert store.flushed_lsn == 15 and store.count() == 15 and len(store.orphans_removed) == 1
+
+
 def test_a_newer_manifest_that_does_not_parse_is_skipped_for_the_last_good_one(tmp_path, rng, s3_uri):
     vecs = random_vectors(rng, 50, DIM)
     with proxistore.open(tmp_path / "db", config(s3_uri)) as db:
@@ -250,6 +319,12 @@ def test_a_failed_writer_publishes_no_object(s3_uri):
         f.fsync()
         assert not afs.exists(f"{root}/whole")                  # durable (and visible) on close
     assert afs.read_bytes(f"{root}/whole") == b"abc" and afs.size(f"{root}/whole") == 3
+    with afs.open(f"{root}/whole", "rb") as f:
+        assert f.read() == b"abc"
+    assert afs.listdir(root) == ["whole"]
+    afs.unlink(f"{root}/whole")
+    with pytest.raises(FileNotFoundError):
+        afs.unlink(f"{root}/whole")
     with pytest.raises(ValueError, match="not supported"):
         afs.open(f"{root}/whole", "ab")
 
@@ -291,3 +366,21 @@ def test_an_unreadable_object_store_is_a_storage_error_not_silence(tmp_path, s3_
     with pytest.raises(StorageError, match="no-such-bucket"):
         with proxistore.open(tmp_path / "db", {"storage": {"root": uri}}) as db:
             db.create_collection("docs", dim=DIM, metric="l2")
+
+
+# -- the shipped storage-engine contract, on S3 ------------------------------------------------------
+
+
+class TestViperContractOnS3(StorageEngineContract):
+    """Every behavioural check of the conformance suite, with viper's root on the S3 server."""
+
+    engine_factory = ViperEngine
+    config = {"indexing_threshold": 32, "filter_exact_max_rows": 8, "compaction_base_rows": 16}
+
+    @pytest.fixture
+    def root(self, s3_uri):
+        self._pyarrow_fs, path = store_of(s3_uri)
+        return path
+
+    def make_filesystem(self):
+        return ArrowFileSystem(self._pyarrow_fs)

@@ -213,36 +213,42 @@ def load_manifest(fs: FileSystem, directory: str) -> Manifest:
     return Manifest.from_bytes(data, path)
 
 
-def commit_manifest(fs: FileSystem, directory: str, manifest: Manifest) -> None:
-    """Commit ``manifest`` atomically and durably (callers make referenced files durable first).
+def commit_manifest(fs: FileSystem, directory: str, manifest: Manifest) -> Manifest:
+    """Commit ``manifest`` atomically and durably (callers make referenced files durable
+    first); return the manifest as committed.
 
     With atomic rename: replace ``MANIFEST.json`` (temp, fsync, rename, fsync directory).
     Without: write ``MANIFEST-<generation>.json`` once, whole (the commit point), then remove
     the older versions; a failure to remove them does not undo the commit (they are orphans,
-    removed on the next open)."""
+    removed on the next open). The generation is raised above any manifest object already
+    there: a commit whose write failed may still have landed (a timeout after the store kept
+    it), and a retry must neither overwrite it nor be hidden by it."""
     if fs.atomic_rename:
         path = os.path.join(directory, MANIFEST_NAME)
         try:
             fs.write_atomic(path, manifest.to_bytes())
         except OSError as e:
             raise StorageError(f"{path}: manifest commit failed: {e}") from e
-        return
-    name = versioned_name(manifest.generation)
-    path = os.path.join(directory, name)
+        return manifest
     try:
-        if fs.exists(path):
-            raise StorageError(f"{path}: manifest generation {manifest.generation} is already committed")
+        present = _versions(fs.listdir(directory)) if fs.isdir(directory) else []
+    except OSError as e:
+        raise StorageError(f"{directory}: manifest commit failed: cannot list manifests: {e}") from e
+    if present and present[0][0] >= manifest.generation:
+        manifest = replace(manifest, generation=present[0][0] + 1)
+    path = os.path.join(directory, versioned_name(manifest.generation))
+    try:
         fs.write_durable(path, manifest.to_bytes())
-        older = [n for g, n in _versions(fs.listdir(directory)) if g < manifest.generation]
     except OSError as e:
         raise StorageError(f"{path}: manifest commit failed: {e}") from e
-    for old in older:
+    for _, old in present:
         try:
             fs.unlink(os.path.join(directory, old))
         except FileNotFoundError:
             continue
         except OSError as e:
             log.warning("viper: could not remove %s after commit (removed on next open): %s", old, e)
+    return manifest
 
 
 def remove_orphans(fs: FileSystem, directory: str, manifest: Manifest) -> List[str]:

@@ -117,7 +117,7 @@ class ViperCollection(Maintenance, CollectionStore):
         fsync_dir(self.fs, self.directory)
         t2 = time.perf_counter()
         manifest = replace(manifest, next_file=self._next_file)
-        commit_manifest(self.fs, self.directory, manifest)   # atomic: rename, or a new versioned object
+        manifest = commit_manifest(self.fs, self.directory, manifest)   # atomic: rename, or a new versioned object
         self._state = Snapshot(manifest, tuple(views))
         if phases is not None:
             phases["fsync_dir"] = t2 - t
