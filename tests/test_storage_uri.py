@@ -292,7 +292,7 @@ def test_a_retried_commit_goes_above_a_manifest_that_landed_unacknowledged(rng, 
     assert store.flushed_lsn == 15 and store.count() == 15 and len(store.orphans_removed) == 1
 
 
-def test_a_newer_manifest_that_does_not_parse_is_skipped_for_the_last_good_one(tmp_path, rng, s3_uri):
+def test_a_newest_manifest_that_does_not_parse_is_an_error_not_a_silent_fall_back(tmp_path, rng, s3_uri):
     vecs = random_vectors(rng, 50, DIM)
     with proxistore.open(tmp_path / "db", config(s3_uri)) as db:
         db.create_collection("docs", dim=DIM, metric="l2").insert(ids_for(50), vecs)
@@ -301,7 +301,12 @@ def test_a_newer_manifest_that_does_not_parse_is_skipped_for_the_last_good_one(t
     d = f"{root}/docs"
     good = load_manifest(ArrowFileSystem(fs), d)
     with fs.open_output_stream(f"{d}/{versioned_name(good.generation + 1)}") as dst:
-        dst.write(b'{"format": 1, "collection": "do')                # torn by a store without atomic PUT
+        dst.write(b'{"format": 1, "collection": "do')                # damaged: object PUTs are whole
+    with pytest.raises(StorageError, match="newest manifest"):
+        load_manifest(ArrowFileSystem(fs), d)
+    with pytest.raises(StorageError, match="newest manifest"):
+        proxistore.open(tmp_path / "db", config(s3_uri))
+    fs.delete_file(f"{d}/{versioned_name(good.generation + 1)}")    # the operator accepts the loss
     assert load_manifest(ArrowFileSystem(fs), d) == good
 
 

@@ -178,32 +178,31 @@ def manifest_exists(fs: FileSystem, directory: str) -> bool:
 def load_manifest(fs: FileSystem, directory: str) -> Manifest:
     """Read a collection's committed manifest (a StorageError if missing or unreadable).
 
-    Versioned manifests first, newest first: the first that parses and names its own
-    generation is the committed state (a newer one that does not is skipped with a warning;
-    it is removed as an orphan on open). Else ``MANIFEST.json``."""
+    Versioned manifests first: the newest is the committed state. An object store writes an
+    object whole or not at all, so a newest manifest that does not parse or does not name its
+    own generation is damage, not a torn write: it is a StorageError naming the object, never a
+    silent fall back to an older generation (whose WAL may already be checkpointed away). An
+    operator who accepts that loss removes the object to open the previous generation.
+    Else ``MANIFEST.json``."""
     path = os.path.join(directory, MANIFEST_NAME)
     try:
         versions = _versions(fs.listdir(directory)) if fs.isdir(directory) else []
     except OSError as e:
         raise StorageError(f"{directory}: cannot list manifests: {e}") from e
-    skipped = []
-    for generation, name in versions:
+    if versions:
+        generation, name = versions[0]
         vpath = os.path.join(directory, name)
         try:
             manifest = Manifest.from_bytes(fs.read_bytes(vpath), vpath)
         except OSError as e:
             raise StorageError(f"{vpath}: cannot read manifest: {e}") from e
         except StorageError as e:
-            skipped.append(str(e))
-            continue
+            raise StorageError(f"{e}; it is the newest manifest, so the collection's committed state is "
+                               f"unknown (remove it to open the previous generation and lose what it added)") from e
         if manifest.generation != generation:
-            skipped.append(f"{vpath}: says generation {manifest.generation}")
-            continue
-        if skipped:
-            log.warning("viper: %s: newer manifests skipped (unreadable): %s", directory, "; ".join(skipped))
+            raise StorageError(f"{vpath}: says generation {manifest.generation}; the newest manifest must name "
+                               f"its own generation")
         return manifest
-    if skipped:
-        raise StorageError(f"{directory}: no readable manifest: {'; '.join(skipped)}")
     if not fs.exists(path):
         raise StorageError(f"{path}: no manifest; the collection was never created or its files were removed")
     try:
