@@ -33,7 +33,15 @@ ConfigSource = Union[None, str, "os.PathLike[str]", Mapping[str, Any]]
 #: Keys the core itself owns, by section.
 CORE_KEYS: Dict[str, Tuple[ConfigKey, ...]] = {
     "wal": (ConfigKey("strategy", "str", "avro", "The registered WAL strategy to use."),),
-    "storage": (ConfigKey("engine", "str", "viper", "The registered storage engine to use."),),
+    "storage": (
+        ConfigKey("engine", "str", "viper", "The registered storage engine to use."),
+        ConfigKey("root", "str", "", "Where the storage engine keeps its files. Empty: <data dir>/storage. "
+                  "A path (relative: to the data directory) or a file:// URI: that local directory, with "
+                  "real fsyncs. Any other URI pyarrow.fs.FileSystem.from_uri accepts, such as "
+                  "s3://bucket/prefix?region=eu-west-1: that object store, where a file is durable once "
+                  "written whole and manifests are versioned instead of renamed. The WAL stays in the "
+                  "data directory (it needs fsync). Checked at open; see docs/storage.md."),
+    ),
     "flush": (ConfigKey("policies", "str_list", ["size", "global_memory", "time", "wal_size", "manual"],
                         "The enabled flush policies; each enforces the keys of its [flush.NAME] section."),),
     "maintenance": (
@@ -88,6 +96,7 @@ class EffectiveConfig:
     flush: Dict[str, Dict[str, Any]]
     maintenance: Dict[str, Any]
     raw: Dict[str, Any] = field(default_factory=dict)
+    storage_root: str = ""       # [storage] root, resolved at open (proxistore.storage_root)
 
     @property
     def policies(self) -> List[str]:
@@ -97,7 +106,8 @@ class EffectiveConfig:
         """Every key, its effective value and the component that owns (and enforces) it."""
         rows: List[ExplainRow] = []
         for section, keys in CORE_KEYS.items():
-            values = {"wal": {"strategy": self.wal_spec.name}, "storage": {"engine": self.storage_spec.name},
+            values = {"wal": {"strategy": self.wal_spec.name},
+                      "storage": {"engine": self.storage_spec.name, "root": self.storage_root},
                       "flush": {"policies": self.policies}, "maintenance": self.maintenance}[section]
             for key in keys:
                 rows.append(_row(f"{section}.{key.name}", key, values[key.name], "core (proxistore)"))
@@ -257,7 +267,8 @@ def _validate(raw: Dict[str, Any], source: str, registry: Registry) -> Effective
                 else copy.deepcopy(key.default)
         return out
 
-    selected = {s: core_section(s)[_SELECTOR[s]] for s in ("wal", "storage", "flush")}
+    core = {s: core_section(s) for s in ("wal", "storage", "flush")}
+    selected = {s: core[s][_SELECTOR[s]] for s in core}
     maintenance = core_section("maintenance")
     _reject_unknown(raw.get("maintenance", {}), "maintenance", [k.name for k in CORE_KEYS["maintenance"]],
                     source)
@@ -283,10 +294,11 @@ def _validate(raw: Dict[str, Any], source: str, registry: Registry) -> Effective
         given = raw.get(section, {})
         parsed[section] = {}
         for sub, value in given.items():
-            if sub == _SELECTOR[section]:
+            if sub in core[section]:
                 continue
             if not isinstance(value, Mapping):
-                raise ConfigError(f"unknown key; [{section}] takes '{_SELECTOR[section]}' and one "
+                takes = ", ".join(repr(k) for k in core[section])
+                raise ConfigError(f"unknown key; [{section}] takes {takes} and one "
                                   f"[{section}.NAME] section per selected component",
                                   key=f"{section}.{sub}", file=source)
             if sub not in enabled:
@@ -296,7 +308,7 @@ def _validate(raw: Dict[str, Any], source: str, registry: Registry) -> Effective
     return EffectiveConfig(source=source, wal_spec=wal_spec, storage_spec=storage_spec,
                            policy_specs=policy_specs, wal=parsed["wal"][wal_spec.name],
                            storage=parsed["storage"][storage_spec.name], flush=parsed["flush"],
-                           maintenance=maintenance, raw=raw)
+                           maintenance=maintenance, raw=raw, storage_root=core["storage"]["root"])
 
 
 def parse_section(spec: ComponentSpec, given: Mapping[str, Any], path: str, source: str,
@@ -405,7 +417,7 @@ def render_toml(cfg: EffectiveConfig) -> str:
 def _sections(cfg: EffectiveConfig):
     yield "wal", "", None, {"strategy": cfg.wal_spec.name}
     yield "wal", cfg.wal_spec.name, cfg.wal_spec, cfg.wal
-    yield "storage", "", None, {"engine": cfg.storage_spec.name}
+    yield "storage", "", None, {"engine": cfg.storage_spec.name, "root": cfg.storage_root}
     yield "storage", cfg.storage_spec.name, cfg.storage_spec, cfg.storage
     yield "flush", "", None, {"policies": cfg.policies}
     for name, spec in cfg.policy_specs.items():

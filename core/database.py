@@ -6,7 +6,8 @@ Layout of a data directory::
     proxistore.json      format version
     collections/<name>/  the durable record of each collection (see catalog.py)
     wal/                 owned by the WAL strategy
-    storage/             owned by the storage engine
+    storage/             owned by the storage engine (or wherever ``[storage] root`` says: a local
+                         directory or an object store URI, see storage_root.py)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .lock import DirectoryLock
 from .maintenance import Maintenance
 from .registry import Registry, get_registry
 from .runtime import CollectionRuntime
+from .storage_root import StorageRoot, resolve_storage_root
 from .validation import check_collection_name, check_dim, check_metric
 
 __all__ = ["Database", "open_database"]
@@ -50,6 +52,9 @@ class Database:
         self.fs = fs or default_filesystem()
         self.registry = registry or get_registry()
         self.config: EffectiveConfig = load_config(config, registry=self.registry)
+        # Resolved before anything is created: a bad [storage] root creates no data directory.
+        self.storage_root: StorageRoot = resolve_storage_root(self.config.storage_root, self.path, self.fs,
+                                                              source=self.config.source)
         self._closed = True
         try:
             self.fs.makedirs_durable(self.path)
@@ -80,7 +85,10 @@ class Database:
         self.flush_logs: Dict[str, FlushLog] = {}
         self.compactions: Dict[str, List[CompactionEvent]] = {}
         self.wal = cfg.wal_spec.factory(cfg.wal, fs=self.fs, root=os.path.join(self.path, "wal"))
-        self.storage = cfg.storage_spec.factory(cfg.storage, fs=self.fs, root=os.path.join(self.path, "storage"))
+        root = self.storage_root
+        if root.uri and root.local:        # a configured local directory: made durable up front
+            root.fs.makedirs_durable(root.path)
+        self.storage = cfg.storage_spec.factory(cfg.storage, fs=root.fs, root=root.path)
         self.policies = []
         for name, spec in cfg.policy_specs.items():
             policy = spec.factory(cfg.flush[name])

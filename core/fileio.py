@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import BinaryIO, List, Optional
+from typing import Any, BinaryIO, List, Optional
 
 __all__ = ["FileHandle", "FileSystem", "LocalFileSystem", "default_filesystem"]
 
@@ -57,12 +57,40 @@ class FileHandle:
     def __enter__(self) -> "FileHandle":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.fs._discard(self)
 
 
 class FileSystem:
-    """The contract: the operations the durable data path may perform."""
+    """The contract: the operations the durable data path may perform.
+
+    Capabilities, declared as class attributes so that callers choose a protocol, not a type:
+
+    - ``local``: paths are paths of the local disk (pyarrow, faiss and hnswlib may open them
+      directly, memory-mapped); otherwise every read goes through :meth:`read_immutable` or the
+      pyarrow filesystem of :attr:`pyarrow_fs`.
+    - ``atomic_rename``: :meth:`rename` replaces its target atomically, so :meth:`write_atomic`
+      is an atomic replace; object stores say False (a rename there is a copy and a delete).
+    """
+
+    local = True
+    atomic_rename = True
+
+    @property
+    def pyarrow_fs(self) -> Optional[Any]:
+        """The ``pyarrow.fs.FileSystem`` that reads this store's files; None when ``local``."""
+        return None
+
+    def read_immutable(self, path: str) -> bytes:
+        """The bytes of a file that is never changed once written (a segment, an index).
+
+        A read changes no durable state, so on the local disk it is a plain read, outside the
+        operations a fault injector counts."""
+        with open(path, "rb") as f:
+            return f.read()
 
     def open(self, path: str, mode: str) -> FileHandle:  # pragma: no cover - interface
         raise NotImplementedError
@@ -152,6 +180,11 @@ class FileSystem:
 
     def _close(self, handle: FileHandle) -> None:
         handle.raw.close()
+
+    def _discard(self, handle: FileHandle) -> None:
+        """Close a handle whose writer failed (the ``with`` block raised). Locally the same as
+        :meth:`_close`; a store that publishes a file on close drops it instead."""
+        self._close(handle)
 
 
 class LocalFileSystem(FileSystem):

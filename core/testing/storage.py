@@ -271,11 +271,11 @@ class StorageEngineContract(ContractSuite):
         store.close()
         directory = self.collection_dir(root, "c")
         orphans = [os.path.join(directory, n) for n in ("orphan.parquet", "crashed-flush.tmp")]
+        fs = self.make_filesystem()      # through the seam: the root may be an object store
         for path in orphans:
-            with open(path, "wb") as f:
-                f.write(b"left behind by a crash")
+            fs.write_durable(path, b"left behind by a crash")
         engine, store = self.reopen(root)
-        assert not any(os.path.exists(p) for p in orphans)
+        assert not any(fs.exists(p) for p in orphans)
         assert store.count() == 10 and store.flushed_lsn == 10
 
     # -- concurrency --------------------------------------------------------------------------

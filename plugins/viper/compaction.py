@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from proxistore.errors import StorageError
+from proxistore.fileio import FileSystem
 
 from . import parquet
 from .config import ViperSettings
@@ -130,27 +131,26 @@ def _reusable_base(views: Sequence[SegmentView], s: ViperSettings) -> Optional[S
     return best
 
 
-def _load_copy(view: SegmentView, directory: str) -> Optional[AnnIndex]:
-    """A private copy of a segment's index, read from its file (None if unusable)."""
+def _load_copy(view: SegmentView, directory: str, fs: FileSystem) -> Optional[AnnIndex]:
+    """A private copy of a segment's index, read from its file through ``fs`` (None if unusable)."""
     ref = view.entry.index
     path = os.path.join(directory, ref.file)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = fs.read_immutable(path)
     except OSError:
         return None
     if len(data) != ref.bytes or zlib.crc32(data) != ref.crc32:
         return None
     try:
-        index = load_index(data, path, ref.kind, ref.backend, ref.params, view.data.metric,
+        index = load_index(data, path if fs.local else None, ref.kind, ref.backend, ref.params, view.data.metric,
                            view.data.dim, view.data.n)
     except (RuntimeError, ValueError, MemoryError):
         return None
     return index if index.ntotal == view.data.n else None
 
 
-def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim: int, metric: str,
-          alloc: Callable[[], int], write: Callable[[str, object], int],
+def merge(views: Sequence[SegmentView], s: ViperSettings, *, fs: FileSystem, directory: str, dim: int,
+          metric: str, alloc: Callable[[], int], write: Callable[[str, object], int],
           write_index: Callable[[str, AnnIndex], IndexRef],
           cancel: Optional[Callable[[], bool]] = None, with_index: bool = True) -> MergeOutput:
     """Write the merge of ``views`` (their live rows) as a new segment, with its index when
@@ -200,7 +200,7 @@ def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim
         if with_index and offset >= s.indexing_threshold:
             t = time.perf_counter()
             prepared = prepare(vectors, metric)
-            index = _load_copy(base, directory) if base is not None else None
+            index = _load_copy(base, directory, fs) if base is not None else None
             if index is not None:
                 index.add(prepared[base.data.n:], cancel)
                 out.reused_index = True
@@ -210,7 +210,7 @@ def merge(views: Sequence[SegmentView], s: ViperSettings, *, directory: str, dim
         nbytes, phases["write"] = pending.result()
     out.files.append(file)
     data = SegmentData(name, os.path.join(directory, file), dim, metric, all_ids, all_lsns,
-                       parquet.metadata_of(table), vectors=vectors)
+                       parquet.metadata_of(table), vectors=vectors, fs=fs)
     entry = SegmentEntry(name=name, file=file, rows=offset, bytes=nbytes,
                          min_lsn=int(all_lsns.min()), max_lsn=int(all_lsns.max()))
     if index is not None:

@@ -10,7 +10,7 @@ from proxistore.errors import CollectionExists, InvalidArgument, StorageError
 from proxistore.fileio import FileSystem
 
 from .config import ViperSettings
-from .manifest import MANIFEST_NAME, Manifest, commit_manifest
+from .manifest import Manifest, commit_manifest, manifest_exists
 from .store import ViperCollection
 
 __all__ = ["ViperEngine"]
@@ -19,8 +19,10 @@ __all__ = ["ViperEngine"]
 class ViperEngine(StorageEngine):
     """Parquet segments + deletion vectors + ANN indexes (faiss or hnswlib) + an atomic manifest.
 
-    ``root/<collection>/`` holds ``MANIFEST.json``, ``seg-NNNNNNNN.parquet`` segments,
+    ``root/<collection>/`` holds ``MANIFEST.json`` (on an object store: versioned
+    ``MANIFEST-<generation>.json``, see :mod:`.manifest`), ``seg-NNNNNNNN.parquet`` segments,
     ``seg-….NNNNNNNN.del`` deletion vectors and ``seg-….NNNNNNNN.<kind>.<backend>`` index files.
+    ``root`` is a path of ``fs``: a local directory, or ``bucket/prefix`` of an object store.
     """
 
     supports_ann = True
@@ -44,7 +46,7 @@ class ViperEngine(StorageEngine):
         if int(info.dim) <= 0:
             raise InvalidArgument(f"dim must be positive, not {info.dim!r}")
         directory = self._dir(info.name)
-        if self.fs.exists(os.path.join(directory, MANIFEST_NAME)):
+        if manifest_exists(self.fs, directory):
             raise CollectionExists(f"collection {info.name!r} already exists in {self.root}")
         try:
             self.fs.makedirs_durable(directory, within=os.path.dirname(os.path.abspath(self.root)))
@@ -71,5 +73,4 @@ class ViperEngine(StorageEngine):
     def list_collections(self) -> List[str]:
         if not self.fs.isdir(self.root):
             return []
-        return [n for n in self.fs.listdir(self.root)
-                if self.fs.exists(os.path.join(self.root, n, MANIFEST_NAME))]
+        return [n for n in self.fs.listdir(self.root) if manifest_exists(self.fs, os.path.join(self.root, n))]

@@ -336,9 +336,18 @@ def build_index(kind: str, backend: str, params: Dict[str, Any], x: np.ndarray, 
     return FaissIndex.build(kind, params, x, metric, cancel, chunk_rows)
 
 
-def load_index(data: bytes, path: str, kind: str, backend: str, params: Dict[str, Any],
+def load_index(data: bytes, path: Optional[str], kind: str, backend: str, params: Dict[str, Any],
                metric: str, dim: int, rows: int) -> AnnIndex:
-    """Load an index file whose verified content is ``data`` (hnswlib re-reads ``path``)."""
+    """Load an index file whose verified content is ``data``.
+
+    faiss deserializes ``data``. hnswlib loads only from a local file: ``path`` when the index
+    file is on the local disk, else (``path`` None: an object store) a temporary copy of ``data``."""
     if backend == "hnswlib":
-        return HnswlibIndex.from_file(path, metric, dim, params, rows)
+        if path is not None:
+            return HnswlibIndex.from_file(path, metric, dim, params, rows)
+        with tempfile.TemporaryDirectory(prefix="proxistore-hnswlib-") as tmp:
+            scratch = os.path.join(tmp, "index.bin")   # scratch copy, outside the durable store
+            with open(scratch, "wb") as f:
+                f.write(data)
+            return HnswlibIndex.from_file(scratch, metric, dim, params, rows)
     return FaissIndex.from_bytes(data, kind, metric, dim, params)

@@ -126,7 +126,7 @@ class Maintenance:
                with_index: bool) -> CompactionResult:
         """Merge ``group`` into one segment (with its index when ``with_index`` and it is big enough)."""
         start = time.perf_counter()
-        out = merge(group, self.settings, directory=self.directory, dim=self.dim, metric=self.metric,
+        out = merge(group, self.settings, fs=self.fs, directory=self.directory, dim=self.dim, metric=self.metric,
                     alloc=self._alloc, write=self._write, write_index=self._write_index,
                     cancel=self._stopping.is_set, with_index=with_index)
         names = {v.entry.name for v in group}

@@ -1,16 +1,34 @@
 """The manifest: the one file that says what a collection is made of.
 
-``MANIFEST.json`` lists the live segments, each with its deletion-vector file and index file,
-plus ``flushed_lsn`` and the file counter. It is replaced atomically and durably through
-:meth:`FileSystem.write_atomic` (temp file, fsync, rename, fsync directory) and only after every
-file it references has been fsynced and its directory entry made durable. Anything in the
-collection directory that the committed manifest does not reference is an orphan of a crashed
-flush or compaction and is removed on open (:func:`remove_orphans`).
+The manifest lists the live segments, each with its deletion-vector file and index file, plus
+``flushed_lsn``, the file counter and a ``generation`` that every commit raises by one. It is
+committed only after every file it references is durable. Anything in the collection directory
+that the committed manifest does not reference is an orphan of a crashed flush or compaction and
+is removed on open (:func:`remove_orphans`).
+
+How a commit is made atomic depends on what the FileSystem offers (``fs.atomic_rename``):
+
+- **Local disk** (atomic rename): ``MANIFEST.json`` is replaced through
+  :meth:`FileSystem.write_atomic` (temp file, fsync, rename, fsync directory), exactly as before
+  object stores were supported: one file name, so existing data directories, the crash tests'
+  kill points and every tool that reads ``MANIFEST.json`` keep working, and a commit costs one
+  rename rather than a write plus a delete.
+- **Object store** (no atomic rename; a rename is a copy and a delete): each commit writes a new
+  object ``MANIFEST-<generation>.json``, whole, once, and never replaces one. Writing an object
+  is atomic there (it appears whole or not at all) and durable when the write returns, so the
+  commit point is that write. The reader takes the highest generation that parses and whose
+  content says that generation; older manifests are removed after the commit (and, if a crash
+  came first, as orphans on the next open).
+
+The reader accepts both forms on any FileSystem (versioned manifests win), so the format of a
+collection directory is decided by where it lives, not by a setting.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -18,10 +36,30 @@ from proxistore.errors import StorageError
 from proxistore.fileio import FileSystem
 
 __all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "IndexRef", "SegmentEntry", "Manifest",
-           "load_manifest", "commit_manifest", "remove_orphans"]
+           "load_manifest", "commit_manifest", "remove_orphans", "manifest_exists",
+           "versioned_name", "manifest_name"]
+
+log = logging.getLogger("proxistore.viper")
 
 MANIFEST_NAME = "MANIFEST.json"
 FORMAT_VERSION = 1
+_VERSIONED = re.compile(r"^MANIFEST-(\d{20})\.json$")
+
+
+def versioned_name(generation: int) -> str:
+    """The object name of the manifest of ``generation`` on a store without atomic rename."""
+    return f"MANIFEST-{generation:020d}.json"
+
+
+def manifest_name(fs: FileSystem, generation: int) -> str:
+    """The file a commit of ``generation`` writes on ``fs``."""
+    return MANIFEST_NAME if fs.atomic_rename else versioned_name(generation)
+
+
+def _versions(names: List[str]) -> List[Tuple[int, str]]:
+    """The versioned manifests among ``names``, newest first."""
+    out = [(int(m.group(1)), n) for n in names for m in [_VERSIONED.match(n)] if m]
+    return sorted(out, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -130,9 +168,41 @@ def _entry_doc(entry: SegmentEntry) -> Dict[str, Any]:
     return doc
 
 
+def manifest_exists(fs: FileSystem, directory: str) -> bool:
+    """True when ``directory`` holds a committed manifest (either form)."""
+    if fs.exists(os.path.join(directory, MANIFEST_NAME)):
+        return True
+    return fs.isdir(directory) and bool(_versions(fs.listdir(directory)))
+
+
 def load_manifest(fs: FileSystem, directory: str) -> Manifest:
-    """Read a collection's committed manifest (a StorageError if missing or unreadable)."""
+    """Read a collection's committed manifest (a StorageError if missing or unreadable).
+
+    Versioned manifests first: the newest is the committed state. An object store writes an
+    object whole or not at all, so a newest manifest that does not parse or does not name its
+    own generation is damage, not a torn write: it is a StorageError naming the object, never a
+    silent fall back to an older generation (whose WAL may already be checkpointed away). An
+    operator who accepts that loss removes the object to open the previous generation.
+    Else ``MANIFEST.json``."""
     path = os.path.join(directory, MANIFEST_NAME)
+    try:
+        versions = _versions(fs.listdir(directory)) if fs.isdir(directory) else []
+    except OSError as e:
+        raise StorageError(f"{directory}: cannot list manifests: {e}") from e
+    if versions:
+        generation, name = versions[0]
+        vpath = os.path.join(directory, name)
+        try:
+            manifest = Manifest.from_bytes(fs.read_bytes(vpath), vpath)
+        except OSError as e:
+            raise StorageError(f"{vpath}: cannot read manifest: {e}") from e
+        except StorageError as e:
+            raise StorageError(f"{e}; it is the newest manifest, so the collection's committed state is "
+                               f"unknown (remove it to open the previous generation and lose what it added)") from e
+        if manifest.generation != generation:
+            raise StorageError(f"{vpath}: says generation {manifest.generation}; the newest manifest must name "
+                               f"its own generation")
+        return manifest
     if not fs.exists(path):
         raise StorageError(f"{path}: no manifest; the collection was never created or its files were removed")
     try:
@@ -142,18 +212,47 @@ def load_manifest(fs: FileSystem, directory: str) -> Manifest:
     return Manifest.from_bytes(data, path)
 
 
-def commit_manifest(fs: FileSystem, directory: str, manifest: Manifest) -> None:
-    """Atomically and durably replace the manifest (callers fsync referenced files first)."""
-    path = os.path.join(directory, MANIFEST_NAME)
+def commit_manifest(fs: FileSystem, directory: str, manifest: Manifest) -> Manifest:
+    """Commit ``manifest`` atomically and durably (callers make referenced files durable
+    first); return the manifest as committed.
+
+    With atomic rename: replace ``MANIFEST.json`` (temp, fsync, rename, fsync directory).
+    Without: write ``MANIFEST-<generation>.json`` once, whole (the commit point), then remove
+    the older versions; a failure to remove them does not undo the commit (they are orphans,
+    removed on the next open). The generation is raised above any manifest object already
+    there: a commit whose write failed may still have landed (a timeout after the store kept
+    it), and a retry must neither overwrite it nor be hidden by it."""
+    if fs.atomic_rename:
+        path = os.path.join(directory, MANIFEST_NAME)
+        try:
+            fs.write_atomic(path, manifest.to_bytes())
+        except OSError as e:
+            raise StorageError(f"{path}: manifest commit failed: {e}") from e
+        return manifest
     try:
-        fs.write_atomic(path, manifest.to_bytes())
+        present = _versions(fs.listdir(directory)) if fs.isdir(directory) else []
+    except OSError as e:
+        raise StorageError(f"{directory}: manifest commit failed: cannot list manifests: {e}") from e
+    if present and present[0][0] >= manifest.generation:
+        manifest = replace(manifest, generation=present[0][0] + 1)
+    path = os.path.join(directory, versioned_name(manifest.generation))
+    try:
+        fs.write_durable(path, manifest.to_bytes())
     except OSError as e:
         raise StorageError(f"{path}: manifest commit failed: {e}") from e
+    for _, old in present:
+        try:
+            fs.unlink(os.path.join(directory, old))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.warning("viper: could not remove %s after commit (removed on next open): %s", old, e)
+    return manifest
 
 
 def remove_orphans(fs: FileSystem, directory: str, manifest: Manifest) -> List[str]:
     """Delete every file in ``directory`` the manifest does not reference; return their names."""
-    keep = manifest.files()
+    keep = manifest.files() | {manifest_name(fs, manifest.generation)}
     removed = []
     try:
         for name in fs.listdir(directory):

@@ -9,7 +9,9 @@ nulls, int64 + float64 become float64), see :func:`unify`.
 A metadata key that collides with ``id``/``vector``/``lsn`` (or starts with ``meta:``) is stored
 in a column named ``meta:<key>``; :func:`metadata_of` maps columns back to keys.
 
-Files are encoded in memory and written through the core's FileSystem seam by the caller.
+Files are encoded in memory and written through the core's FileSystem seam by the caller, and
+read through the seam's pyarrow filesystem (``FileSystem.pyarrow_fs``): None for the local disk,
+where pyarrow memory-maps the file; the object store's otherwise.
 """
 from __future__ import annotations
 
@@ -89,12 +91,19 @@ def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float32).reshape(len(arr), dim)
 
 
-def read_columns(path: str) -> Tuple[np.ndarray, np.ndarray, pa.Table]:
-    """``(ids, lsns, metadata)`` of a segment file, without reading its vectors."""
+def _read(path: str, filesystem: Optional[Any], columns: Optional[List[str]]) -> pa.Table:
+    if filesystem is None:
+        return pq.read_table(path, columns=columns, memory_map=True)
+    return pq.read_table(path, columns=columns, filesystem=filesystem)
+
+
+def read_columns(path: str, filesystem: Optional[Any] = None) -> Tuple[np.ndarray, np.ndarray, pa.Table]:
+    """``(ids, lsns, metadata)`` of a segment file, without reading its vectors (``filesystem``:
+    the pyarrow filesystem of ``path``, None for a local path)."""
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(path, filesystem=filesystem)
         names = [n for n in schema.names if n != "vector"]
-        table = pq.read_table(path, columns=names, memory_map=True)
+        table = _read(path, filesystem, names)
     except (OSError, pa.ArrowException) as e:
         raise StorageError(f"{path}: cannot read segment: {e}") from e
     ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=object)
@@ -102,10 +111,10 @@ def read_columns(path: str) -> Tuple[np.ndarray, np.ndarray, pa.Table]:
     return ids, lsns, metadata_of(table)
 
 
-def read_vectors(path: str, dim: int) -> np.ndarray:
-    """The vectors of a segment file."""
+def read_vectors(path: str, dim: int, filesystem: Optional[Any] = None) -> np.ndarray:
+    """The vectors of a segment file (``filesystem`` as in :func:`read_columns`)."""
     try:
-        table = pq.read_table(path, columns=["vector"], memory_map=True)
+        table = _read(path, filesystem, ["vector"])
     except (OSError, pa.ArrowException) as e:
         raise StorageError(f"{path}: cannot read segment vectors: {e}") from e
     return vectors_of(table, dim)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from proxistore.errors import StorageError
+from proxistore.fileio import FileSystem, default_filesystem
 
 from . import parquet
 from .index import AnnIndex, load_index, prepare
@@ -37,9 +38,11 @@ class SegmentData:
     """Ids, LSNs, metadata (eager) and vectors, index (lazy) of one immutable segment file."""
 
     def __init__(self, name: str, path: str, dim: int, metric: str, ids: np.ndarray,
-                 lsns: np.ndarray, meta: pa.Table, vectors: Optional[np.ndarray] = None) -> None:
+                 lsns: np.ndarray, meta: pa.Table, vectors: Optional[np.ndarray] = None, *,
+                 fs: Optional[FileSystem] = None) -> None:
         self.name = name
         self.path = path
+        self.fs = fs if fs is not None else default_filesystem()   # reads go through it
         self.dim = dim
         self.metric = metric
         self.ids = ids
@@ -56,11 +59,13 @@ class SegmentData:
         self._meta_columns: Optional[_MetadataColumns] = None   # built on the first metadata fetch
 
     @classmethod
-    def open(cls, name: str, path: str, dim: int, metric: str, rows: int) -> "SegmentData":
-        ids, lsns, meta = parquet.read_columns(path)
+    def open(cls, name: str, path: str, dim: int, metric: str, rows: int, *,
+             fs: Optional[FileSystem] = None) -> "SegmentData":
+        fs = fs if fs is not None else default_filesystem()
+        ids, lsns, meta = parquet.read_columns(path, fs.pyarrow_fs)
         if len(ids) != rows:
             raise StorageError(f"{path}: segment has {len(ids)} rows, the manifest says {rows}")
-        return cls(name, path, dim, metric, ids, lsns, meta)
+        return cls(name, path, dim, metric, ids, lsns, meta, fs=fs)
 
     # -- vectors -------------------------------------------------------------------------------
 
@@ -72,7 +77,7 @@ class SegmentData:
         with self._lock:
             if self._vectors is None:
                 try:
-                    self._vectors = parquet.read_vectors(self.path, self.dim)
+                    self._vectors = parquet.read_vectors(self.path, self.dim, self.fs.pyarrow_fs)
                 except StorageError:
                     if self.retired:  # compaction removed the file after this reader's snapshot
                         raise SegmentRetired(self.name) from None
@@ -112,8 +117,7 @@ class SegmentData:
     def _load_index(self, ref: IndexRef) -> Optional[AnnIndex]:
         path = os.path.join(os.path.dirname(self.path), ref.file)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = self.fs.read_immutable(path)
         except FileNotFoundError:
             if self.retired:
                 raise SegmentRetired(self.name) from None
@@ -124,7 +128,8 @@ class SegmentData:
             return None
         self.index_loads += 1
         try:
-            index = load_index(data, path, ref.kind, ref.backend, ref.params, self.metric, self.dim, self.n)
+            index = load_index(data, path if self.fs.local else None, ref.kind, ref.backend, ref.params,
+                               self.metric, self.dim, self.n)
         except (RuntimeError, ValueError, MemoryError):
             return None  # unreadable despite a matching checksum: rebuilt by maintenance
         return index if index.ntotal == self.n else None

@@ -74,7 +74,7 @@ class ViperCollection(Maintenance, CollectionStore):
 
     def _load_view(self, entry: SegmentEntry) -> SegmentView:
         path = os.path.join(self.directory, entry.file)
-        data = SegmentData.open(entry.name, path, self.dim, self.metric, entry.rows)
+        data = SegmentData.open(entry.name, path, self.dim, self.metric, entry.rows, fs=self.fs)
         deleted = None
         if entry.deletes_file:
             dpath = os.path.join(self.directory, entry.deletes_file)
@@ -117,7 +117,7 @@ class ViperCollection(Maintenance, CollectionStore):
         fsync_dir(self.fs, self.directory)
         t2 = time.perf_counter()
         manifest = replace(manifest, next_file=self._next_file)
-        commit_manifest(self.fs, self.directory, manifest)   # temp, fsync, rename, fsync dir
+        manifest = commit_manifest(self.fs, self.directory, manifest)   # atomic: rename, or a new versioned object
         self._state = Snapshot(manifest, tuple(views))
         if phases is not None:
             phases["fsync_dir"] = t2 - t
@@ -155,7 +155,8 @@ class ViperCollection(Maintenance, CollectionStore):
             nbytes = self._write(file, buf)
             phases["write"] = time.perf_counter() - t
             data = SegmentData(name, os.path.join(self.directory, file), self.dim, self.metric,
-                               np.array(ids, dtype=object), lsns, parquet.metadata_of(table), vectors=vectors)
+                               np.array(ids, dtype=object), lsns, parquet.metadata_of(table), vectors=vectors,
+                               fs=self.fs)
             entry = SegmentEntry(name=name, file=file, rows=len(ids), bytes=nbytes,
                                  min_lsn=int(lsns.min()), max_lsn=int(lsns.max()))
             new_view = SegmentView(entry, data, None)
