@@ -174,6 +174,31 @@ def test_flipped_byte_in_a_large_record_is_corruption_wherever_it_lands(tmp_path
     assert_batches_equal(got, want)
 
 
+def test_large_records_have_their_crc_checked_before_they_are_decoded_or_yielded(tmp_path):
+    # records of >= 256 KiB have their CRC computed on a helper thread while the previous one is
+    # decoded: a damaged one must still be refused as a CRC mismatch, never yielded
+    from proxistore.plugins.wal_avro import reader as wal_reader
+    want = [make_batch(OP_UPSERT, 1 + i * 200, 200, 384) for i in range(5)]
+    [seg] = write_log(tmp_path, want)
+    _, spans = record_spans(seg)
+    assert all(end - start > wal_reader._PIPELINE_MIN for start, end in spans)
+    start, end = spans[2]
+    for pos in (start + 12, start + 2000, end - 2000, end - 200, end - 18):
+        shutil.copy(seg, seg + ".bak")
+        flip(seg, pos)
+        with open(seg, "rb") as f:
+            reader = SegmentReader.from_bytes(f.read(), seg, last=False)
+        assert [r.offset for r in reader.records()] == [s for s, _ in spans[:2]]
+        assert (reader.stop.offset, reader.stop.reason) == (start, "CRC mismatch"), pos
+        got, report = replay(tmp_path, recovery_mode="point_in_time")
+        assert_batches_equal(got, want[:2])
+        assert report.set_aside == [seg + ".corrupt"]
+        os.replace(seg + ".bak", seg)
+        os.unlink(seg + ".corrupt")
+    got, _ = replay(tmp_path)
+    assert_batches_equal(got, want)
+
+
 def test_corrupt_last_record_of_an_older_segment_is_corruption_not_torn(tmp_path):
     want = batches(6)
     write_log(tmp_path, want[:3])

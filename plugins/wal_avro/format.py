@@ -245,19 +245,31 @@ class RestDecoder:
         return rec  # type: ignore[return-value]
 
 
+def record_crc_ok(buf: bytes, start: int, end: int) -> bool:
+    """Whether the record in ``buf[start:end]`` carries the CRC32 of its payload (False also
+    for a record too short to carry one). ``zlib.crc32`` releases the GIL on large buffers, so
+    a reader may run this on another thread while it decodes the previous record."""
+    if end - start < CRC_SIZE + 4:
+        return False
+    body_end = end - CRC_SIZE
+    return zlib.crc32(memoryview(buf)[start:body_end]) == _CRC.unpack_from(buf, body_end)[0]
+
+
 def decode_record(buf: bytes, start: int, end: int, rest: RestDecoder,
-                  decode_above: int = -1) -> Tuple[int, int, Optional[WalBatch]]:
+                  decode_above: int = -1, *, crc_checked: bool = False) -> Tuple[int, int, Optional[WalBatch]]:
     """Check the CRC of the record in ``buf[start:end]`` and decode it.
 
     Returns ``(first_lsn, last_lsn, batch)``; ``batch`` is decoded only when
     ``last_lsn > decode_above`` (else ``None``: the CRC and the LSN fields were still checked).
-    Vectors are read-only zero-copy views of ``buf``. Raises :class:`Bad`.
+    Vectors are read-only zero-copy views of ``buf``. Raises :class:`Bad`. ``crc_checked``:
+    the caller has verified the CRC with :func:`record_crc_ok` (or will, before it uses the
+    result).
     """
     if end - start < CRC_SIZE + 4:
         raise Bad("record too short")
     body_end = end - CRC_SIZE
     mv = memoryview(buf)
-    if zlib.crc32(mv[start:body_end]) != _CRC.unpack_from(buf, body_end)[0]:
+    if not crc_checked and zlib.crc32(mv[start:body_end]) != _CRC.unpack_from(buf, body_end)[0]:
         raise Bad("CRC mismatch")
     try:
         first, pos = read_long(buf, start, body_end)

@@ -10,6 +10,7 @@ crash mid-append leaves (a partial block, or a length with zeros). Anything else
 from __future__ import annotations
 
 import io
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, Iterator, Optional, Tuple
 
@@ -17,7 +18,7 @@ from proxistore.contracts import WalBatch
 from proxistore.errors import WalVersionError
 
 from .format import (FORMAT_VERSION, FORMAT_VERSION_KEY, MAGIC, SYNC_SIZE, Bad, RestDecoder,
-                     Short, decode_record, parse_version, read_long)
+                     Short, decode_record, parse_version, read_long, record_crc_ok)
 
 __all__ = ["Header", "Record", "Stop", "SegmentReader", "TORN", "BAD"]
 
@@ -29,6 +30,7 @@ _MAX_KEY = 1024
 _MAX_VALUE = 1 << 20
 _HEADER_CHUNK = 1 << 16
 _FRAME_MAX = 20        # two Avro longs: record count and block size
+_PIPELINE_MIN = 256 * 1024   # below this a thread hand-off costs more than the CRC it overlaps
 
 
 @dataclass(frozen=True)
@@ -183,28 +185,67 @@ class SegmentReader:
         return True
 
     def records(self, decode_above: int = -1) -> Iterator[Record]:
-        """Yield the valid records; batches are decoded for ``last_lsn > decode_above``."""
+        """Yield the valid records; batches are decoded for ``last_lsn > decode_above``.
+
+        The CRC of a large block (``_PIPELINE_MIN`` bytes or more) is computed on a helper
+        thread while this one reads the next block and decodes this one: on 1,000 x 384 records
+        the CRC was 40 % of replay. A record is yielded only after its CRC checked, and
+        problems are reported in file order, as without the helper."""
         if self.header is None and not self.read_header():
             return
         assert self.header is not None
-        sync, rest = self.header.sync, self.header.rest
-        pos, n = self.header.end, self.size
-        while pos < n:
-            try:
-                data_start, data_end = self._frame(pos)
-                block = self._read_at(data_start, data_end - data_start + SYNC_SIZE)
-                if len(block) != data_end - data_start + SYNC_SIZE:
-                    raise Short("file shrank while being read")
-                if block[-SYNC_SIZE:] != sync:
-                    raise Bad("sync marker mismatch after block")
-                first, last, batch = decode_record(block, 0, len(block) - SYNC_SIZE, rest,
-                                                   decode_above)
-            except (Short, Bad) as e:
-                self.stop = Stop(self._classify(pos), pos, str(e))
-                return
-            end = data_end + SYNC_SIZE
-            yield Record(pos, end, first, last, batch)
-            pos = self.good_end = end
+        helper: Optional[ThreadPoolExecutor] = None
+        try:
+            pos = self.header.end
+            block = self._block_at(pos) if pos < self.size else None
+            while block is not None:
+                if isinstance(block, Stop):
+                    self.stop = block
+                    return
+                data_start, data_end, buf = block
+                body = len(buf) - SYNC_SIZE
+                crc: Optional[Future] = None
+                if body >= _PIPELINE_MIN:
+                    helper = helper or ThreadPoolExecutor(1, thread_name_prefix="proxistore-wal-crc")
+                    crc = helper.submit(record_crc_ok, buf, 0, body)
+                end = data_end + SYNC_SIZE
+                following = self._block_at(end) if end < self.size else None
+                try:
+                    first, last, batch = decode_record(buf, 0, body, self.header.rest, decode_above,
+                                                       crc_checked=crc is not None)
+                except Exception as e:    # decoded before its CRC came back: the CRC speaks first
+                    if crc is not None and not crc.result():
+                        reason = "CRC mismatch"
+                    elif isinstance(e, Bad):
+                        reason = str(e)
+                    else:
+                        raise
+                    self.stop = Stop(self._classify(pos), pos, reason)
+                    return
+                if crc is not None and not crc.result():
+                    self.stop = Stop(self._classify(pos), pos, "CRC mismatch")
+                    return
+                yield Record(pos, end, first, last, batch)
+                pos = self.good_end = end
+                block = following
+        finally:
+            if helper is not None:
+                helper.shutdown(wait=True)
+
+    def _block_at(self, pos: int):
+        """``(data_start, data_end, block bytes with its sync marker)`` of the block at ``pos``,
+        or the :class:`Stop` that a bad or short frame there means."""
+        assert self.header is not None
+        try:
+            data_start, data_end = self._frame(pos)
+            block = self._read_at(data_start, data_end - data_start + SYNC_SIZE)
+            if len(block) != data_end - data_start + SYNC_SIZE:
+                raise Short("file shrank while being read")
+            if block[-SYNC_SIZE:] != self.header.sync:
+                raise Bad("sync marker mismatch after block")
+        except (Short, Bad) as e:
+            return Stop(self._classify(pos), pos, str(e))
+        return data_start, data_end, block
 
     def _frame(self, pos: int) -> Tuple[int, int]:
         """``(data_start, data_end)`` of the block at ``pos`` from its two varints."""
