@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Dict, Iterator, Optional, Tuple
+from typing import BinaryIO, Dict, Iterator, Optional, Tuple, Union
 
 from proxistore.contracts import WalBatch
 from proxistore.errors import WalVersionError
@@ -232,7 +232,7 @@ class SegmentReader:
             if helper is not None:
                 helper.shutdown(wait=True)
 
-    def _block_at(self, pos: int):
+    def _block_at(self, pos: int) -> Union[Tuple[int, int, bytes], Stop]:
         """``(data_start, data_end, block bytes with its sync marker)`` of the block at ``pos``,
         or the :class:`Stop` that a bad or short frame there means."""
         assert self.header is not None
