@@ -8,6 +8,7 @@ counts: every token ``<= _durable`` is durable.
 """
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 from time import perf_counter
@@ -26,14 +27,27 @@ log = logging.getLogger("proxistore.wal")
 
 
 class _Waiter:
-    """A group-commit follower: woken when covered, or told to lead the next fsync."""
+    """A writer waiting in group mode, released once an fsync covers its token (or the log
+    failed or closed: ``sync`` tells which). A bare lock, held until then, is the cheapest
+    wake-up there is: a ``threading.Event`` costs several microseconds of Python per waiter on
+    each side, which at group commit's rates is a good part of a batch."""
 
-    __slots__ = ("token", "event", "lead")
+    __slots__ = ("token", "_gate")
 
     def __init__(self, token: int) -> None:
         self.token = token
-        self.event = threading.Event()
-        self.lead = False
+        self._gate = _thread.allocate_lock()
+        self._gate.acquire()
+
+    def wait(self) -> None:
+        self._gate.acquire()
+
+    def release(self) -> None:
+        self._gate.release()
+
+
+#: A group syncer thread with nobody to sync for this long exits (the next waiter starts one).
+SYNCER_IDLE_EXIT = 1.0
 
 
 class SyncMixin:
@@ -46,7 +60,8 @@ class SyncMixin:
     _active: "Optional[Segment]"
     _appended: int
     _durable: int
-    _leader: bool
+    _syncer: Optional[threading.Thread]
+    _syncer_idle: bool
     _waiters: List[_Waiter]
     _gathering: bool
     _last_group: int
@@ -74,51 +89,68 @@ class SyncMixin:
             raise self._failure()
 
     def _group_sync(self, token: int) -> None:
-        """Become the leader, or wait until a leader's fsync covers ``token`` or hands over the
-        leadership. Only those waiters are woken (no thundering herd on every fsync)."""
-        waiter = None
-        with self._cond:
-            if token <= self._durable:
-                return
-            if self._failed:
-                raise self._failure()
-            if self._leader:
-                waiter = _Waiter(token)
-                self._waiters.append(waiter)
-            else:
-                self._leader = True
-        if waiter is not None:
-            waiter.event.wait()
-            if not waiter.lead:
-                return                      # covered (or the log failed: sync() checks)
-        self._lead()
+        """Wait until the collection's syncer thread has fsynced a snapshot covering ``token``.
 
-    def _lead(self) -> None:
-        """One group commit: gather, fsync, wake the covered waiters, hand over or step down."""
-        try:
-            self._gather()
-            before = self._durable
-            upto = self._fsync_covering()
-            self._last_group = max(1, upto - before)
-        finally:
+        One thread per log does every group fsync, and starts the next one as soon as the last
+        ends if anyone is waiting: writers woken by one fsync append their next records while
+        the next fsync runs, instead of one of them having to wake up and lead it. Only the
+        covered waiters are woken (no thundering herd on every fsync)."""
+        waiter = _Waiter(token)
+        with self._cond:
+            if token <= self._durable or self._failed or self._closed:
+                return                      # sync() tells which
+            self._waiters.append(waiter)
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._run_syncer, daemon=True,
+                                                name=f"proxistore-wal-sync-{self.name}")
+                self._syncer.start()
+            elif self._syncer_idle:
+                self._cond.notify_all()
+        waiter.wait()
+
+    def _run_syncer(self) -> None:
+        """The group syncer: gather, fsync, wake the covered waiters; exit when closed or idle."""
+        while True:
             with self._cond:
-                if self._failed:
+                self._syncer_idle = True
+                while not self._waiters and not self._closed:
+                    if not self._cond.wait(SYNCER_IDLE_EXIT) and not self._waiters:
+                        self._syncer = None
+                        self._syncer_idle = False
+                        return
+                self._syncer_idle = False
+                closed = self._closed
+                if closed:              # close() fsynced everything appended, or failed
+                    self._syncer = None
                     wake, self._waiters = self._waiters, []
-                else:
-                    wake = [w for w in self._waiters if w.token <= self._durable]
-                    self._waiters = [w for w in self._waiters if w.token > self._durable]
-                if self._waiters:
-                    heir = min(self._waiters, key=lambda w: w.token)
-                    self._waiters.remove(heir)
-                    heir.lead = True
-                    wake.append(heir)
-                else:
-                    self._leader = False
-            for w in wake:
-                w.event.set()
+            if closed:
+                for w in wake:
+                    w.release()
+                return
+            try:
+                self._gather()
+                before = self._durable
+                upto = self._fsync_covering()
+                self._last_group = max(1, upto - before)
+            except WalError:
+                pass                        # the log has failed: every waiter is woken below
+            except BaseException as e:      # noqa: B902 - the waiters must not hang on a bug
+                self._fail(f"group fsync failed: {e!r}")
+                raise
+            finally:
+                with self._cond:
+                    if self._failed:
+                        wake, self._waiters = self._waiters, []
+                    else:
+                        durable = self._durable
+                        wake = [w for w in self._waiters if w.token <= durable]
+                        if wake:
+                            self._waiters = [w for w in self._waiters if w.token > durable]
+                for w in wake:
+                    w.release()
 
     def _gather(self) -> None:
-        """As group leader, wait up to group_commit_window for as many pending records as the
+        """Before an fsync, wait up to group_commit_window for as many pending records as the
         previous group had (only when that group had several writers)."""
         window = self.settings.group_commit_window
         if window <= 0 or self._last_group <= 1:
@@ -141,6 +173,8 @@ class SyncMixin:
             if self._failed:
                 raise self._failure()
             seg = self._active
+            if seg is not None and seg.pending:
+                self._write_pending(seg)
             upto = self._appended
             snap = seg.state() if seg is not None else None
         if seg is None:       # everything is in closed segments, fsynced when they closed
