@@ -15,6 +15,7 @@ import numpy as np
 from .contracts import (OP_DELETE, OP_INSERT, CollectionInfo, CollectionState, CollectionStore,
                         CollectionWal, SearchHits, StoredRecord, WalBatch)
 from .errors import DuplicateId
+from .memindex import MemtableIndex
 from .memtable import Memtable
 from .validation import check_metadata
 
@@ -39,6 +40,7 @@ class CollectionRuntime:
         self.store = store
         self._cond = threading.Condition(threading.RLock())
         self.memtables: List[Memtable] = [Memtable(self.dim, self.metric)]   # newest first
+        self._index = MemtableIndex()         # id -> newest memtable with a row for it
         self.flush_lock = threading.Lock()
         self.flushing = False
         self._freezing = False
@@ -61,7 +63,7 @@ class CollectionRuntime:
             states = self._states(batch.ids)
             self._note_metadata_types(batch)
             age = max(0.0, time.time() - batch.timestamp) if batch.timestamp else 0.0
-            self.memtables[0].apply(batch, written_at=time.monotonic() - age)
+            self._apply_active(batch, written_at=time.monotonic() - age)
             self.live_count += self._count_delta(batch.op, batch.ids, states)
             batches += 1
             max_lsn = max(max_lsn, batch.last_lsn)
@@ -107,7 +109,7 @@ class CollectionRuntime:
                 raise
             with self._cond:
                 try:
-                    self.memtables[0].apply(batch)
+                    self._apply_active(batch)
                     self.live_count += self._count_delta(op, ids, states)
                 finally:   # whatever apply raised, a freeze waiting for in-flight batches goes on
                     self._unpend(batch)
@@ -118,6 +120,16 @@ class CollectionRuntime:
         self.db.maintenance.wake()
         return first
 
+    def _apply_active(self, batch: WalBatch, written_at: Optional[float] = None) -> None:
+        """Apply ``batch`` to the active memtable and point its ids at it in the index (even when
+        the apply failed part-way: an id the index points at a memtable without its row is
+        resolved by asking the memtables, see :meth:`_states`)."""
+        active = self.memtables[0]
+        try:
+            active.apply(batch, written_at=written_at)
+        finally:
+            self._index.note_applied(active, batch.ids)
+
     def _unpend(self, batch: WalBatch) -> None:
         for i, id_ in enumerate(batch.ids):
             entry = self._pending.get(id_)
@@ -125,10 +137,10 @@ class CollectionRuntime:
                 del self._pending[id_]
 
     def _states(self, ids: Sequence[str]) -> Dict[str, bool]:
-        """Whether each id currently has a live version (pending, memtables newest first, then
-        storage). Each source is asked once for all the ids still unresolved (a set
-        intersection), not once per id: under fast ingest dozens of frozen memtables may wait
-        for their flush, and every insert asks all of them."""
+        """Whether each id currently has a live version (pending, the newest memtable holding
+        it, then storage). Under fast ingest dozens of frozen memtables may wait for their
+        flush; the index finds the one memtable to ask per id, where asking all of them
+        cost about a tenth of an insert of 100 rows. Call under the collection lock."""
         out: Dict[str, bool] = {}
         rest = set(ids)
         pending = self._pending
@@ -136,12 +148,16 @@ class CollectionRuntime:
             for id_ in rest.intersection(pending):
                 out[id_] = pending[id_][1]
             rest.difference_update(out)
-        for mt in self.memtables:
-            if not rest:
-                break
-            found = mt.live_states(rest)
+        if rest:
+            found, unresolved = self._index.live_states(rest)
             out.update(found)
             rest.difference_update(found)
+            if unresolved:      # an apply failed part-way: ask every memtable, newest first
+                for mt in self.memtables:
+                    found = mt.live_states(unresolved)
+                    out.update(found)
+                    unresolved.difference_update(found)
+                    rest.difference_update(found)
         if rest:
             stored = self.store.existing(list(rest))
             for id_ in rest:
@@ -302,8 +318,10 @@ class CollectionRuntime:
         return active
 
     def drop_frozen(self, frozen: Memtable) -> None:
+        """Forget a flushed memtable: its rows are in storage now."""
         with self._cond:
             self.memtables = [m for m in self.memtables if m is not frozen]
+            self._index.forget(frozen)
 
     def state(self, now: float) -> CollectionState:
         """What policies see: the active memtable (frozen ones are already on their way)."""

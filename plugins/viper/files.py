@@ -13,11 +13,15 @@ __all__ = ["write_file", "fsync_dir", "remove_files"]
 log = logging.getLogger("proxistore.viper")
 
 
-#: Large files are written and fsynced in steps of this many bytes. ext4 (data=ordered) commits
-#: its journal in order, so an fsync by anyone waits for the data of every file in the commit
-#: before it: one 100 MB merged segment written and fsynced at once stalled the WAL's fsyncs,
-#: hence acknowledged writes, for 20-40 ms. In steps, an fsync waits for 8 MB at most (~5 ms).
-SYNC_STEP_BYTES = 8 << 20
+#: Files are written and fsynced in steps of this many bytes. ext4 (data=ordered) commits its
+#: journal in order, so an fsync by anyone waits for the data of every file in the commit before
+#: it: one 100 MB merged segment written and fsynced at once stalled the WAL's fsyncs, hence
+#: acknowledged writes, for 20-40 ms. Steps of 8 MB still left the WAL's fsync at 1.0 ms mean
+#: (0.4 ms with maintenance paused) and p99 writes at ~4x while flushes (1.2 MB segments, ~60/s)
+#: and compactions ran (benchmarks/flush.py (1)); in steps of 256 KiB an fsync waits for about
+#: 0.5 ms of someone else's data: WAL fsync 0.8 ms mean, p99 writes ~2.8x, draining the same
+#: frozen memtables ~5% slower (1 MB: no better than 8 MB; 128 KiB: about as 256 KiB).
+SYNC_STEP_BYTES = 256 << 10
 
 
 def write_file(fs: FileSystem, directory: str, name: str, data: Any) -> int:
