@@ -161,17 +161,13 @@ class SegmentData:
 
 
 class _MetadataColumns:
-    """The metadata columns as Python lists, built on a segment's first metadata fetch, and
-    each row's dict, built on the row's first fetch and copied for every caller after that.
+    """The metadata columns as Python lists, built on a segment's first metadata fetch.
 
     A search's hits are a few rows at scattered positions; picking them from lists costs ~1 µs
-    for 10 rows, where ``Table.take`` costs ~40 µs and numpy fancy indexing plus ``tolist`` ~15;
-    copying 10 cached dicts costs 0.6 µs where building them costs ~4 (more right after a faiss
-    search, which evicts the caches). The cache holds 8 bytes a row plus a dict for each row
-    ever fetched. Strings are decoded once through a dictionary, so a column repeating a few
-    values holds one string object per distinct value and 8 bytes a row. All-null columns are
-    left out (their keys are never set); a null is None in its list and its key is left out of
-    the row's dict.
+    for 10 rows, where ``Table.take`` costs ~40 µs and numpy fancy indexing plus ``tolist`` ~15.
+    Strings are decoded once through a dictionary, so a column repeating a few values holds one
+    string object per distinct value and 8 bytes a row. All-null columns are left out (their
+    keys are never set); a null is None in its list and its key is left out of the row's dict.
     """
 
     def __init__(self, meta: pa.Table) -> None:
@@ -192,22 +188,12 @@ class _MetadataColumns:
             self.keys.append(key)
             self.lists.append(values)
             self.has_nulls = self.has_nulls or arr.null_count > 0
-        #: row -> its metadata dict ({} for none), once fetched; never handed out (copies are)
-        self._dicts: List[Optional[Dict[str, Any]]] = [None] * meta.num_rows
 
     def rows(self, rows: Sequence[int]) -> List[Optional[Dict[str, Any]]]:
         if not self.keys:
             return [None] * len(rows)
-        cache = self._dicts
-        picked = [cache[r] for r in rows]
-        if None in picked:
-            for j, r in enumerate(rows):
-                if picked[j] is None:
-                    picked[j] = cache[r] = self._row(r)
-        return [d.copy() or None for d in picked]     # a copy: callers may change theirs
-
-    def _row(self, r: int) -> Dict[str, Any]:
-        vals = [values[r] for values in self.lists]
+        picked = zip(*[[values[r] for r in rows] for values in self.lists])
+        keys = self.keys
         if self.has_nulls:
-            return {k: v for k, v in zip(self.keys, vals) if v is not None}
-        return dict(zip(self.keys, vals))
+            return [{k: v for k, v in zip(keys, vals) if v is not None} or None for vals in picked]
+        return [dict(zip(keys, vals)) for vals in picked]
