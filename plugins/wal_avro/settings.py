@@ -22,7 +22,7 @@ KEYS: Tuple[ConfigKey, ...] = (
              "and bulk loads; close() still fsyncs)."),
     ConfigKey(
         name="group_commit_window", kind="duration", default=0.001, unit="seconds", maximum=1.0,
-        help="sync_mode=group: how long the fsync leader may wait for more concurrent writers to "
+        help="sync_mode=group: how long the syncer thread may wait for more concurrent writers to "
              "join its fsync. It only waits while the previous group had several writers, and "
              "stops as soon as as many records are pending, so a lone writer never waits."),
     ConfigKey(
