@@ -132,6 +132,23 @@ def test_search_returns_immutable_hits_and_only_live_rows_when_fewer_than_k_exis
         first.id = "z"
     by_id = {h.id: h.metadata for h in hits}
     assert by_id["d"] == ({"n": 9} if with_metadata else None)
+    if with_metadata:           # a caller's copy: changing it changes nothing stored
+        first.metadata["n"] = 100
+        assert col.search(vecs[0], k=1)[0].metadata == {"n": 0}
+        assert col.get(["a"])[0].metadata == {"n": 0}
+
+
+def test_metadata_keys_of_any_text_read_back_exactly_from_segments(db, rng):
+    keys = ["module", "it's", 'say "hi"', "back\\slash", "new\nline", "}; import os; {", "ключ", "c0[row]"]
+    col = db.create_collection("c", dim=DIM)
+    vecs = random_vectors(rng, 20, DIM)
+    meta = [{k: f"{k}-{i}" if j % 2 else i * 10 + j for j, k in enumerate(keys)} for i in range(20)]
+    col.insert([f"r{i}" for i in range(20)], vecs, meta)
+    db.flush("c")
+    assert [r.metadata for r in col.get([f"r{i}" for i in range(20)])] == meta
+    for i in (0, 7, 19):
+        hit = col.search(vecs[i], k=1)[0]
+        assert hit.id == f"r{i}" and hit.metadata == meta[i]
 
 
 def test_search_batch_returns_numpy_arrays_padded_when_fewer_match(db, rng):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -165,6 +165,10 @@ class _MetadataColumns:
 
     A search's hits are a few rows at scattered positions; picking them from lists costs ~1 µs
     for 10 rows, where ``Table.take`` costs ~40 µs and numpy fancy indexing plus ``tolist`` ~15.
+    When no column has nulls, a row's dict is made by a function compiled for these keys, one
+    dict display (``{'module': c0[r], 'kind': c1[r]}``), as ``namedtuple`` compiles its
+    methods: 10 rows right after a faiss search (caches cold) cost 9.7 µs that way, 15.2 µs
+    with ``dict(zip(keys, values))``.
     Strings are decoded once through a dictionary, so a column repeating a few values holds one
     string object per distinct value and 8 bytes a row. All-null columns are left out (their
     keys are never set); a null is None in its list and its key is left out of the row's dict.
@@ -188,8 +192,11 @@ class _MetadataColumns:
             self.keys.append(key)
             self.lists.append(values)
             self.has_nulls = self.has_nulls or arr.null_count > 0
+        self._row = None if self.has_nulls or not self.keys else _row_builder(self.keys, self.lists)
 
     def rows(self, rows: Sequence[int]) -> List[Optional[Dict[str, Any]]]:
+        if self._row is not None:
+            return list(map(self._row, rows))
         if not self.keys:
             return [None] * len(rows)
         picked = zip(*[[values[r] for r in rows] for values in self.lists])
@@ -197,3 +204,12 @@ class _MetadataColumns:
         if self.has_nulls:
             return [{k: v for k, v in zip(keys, vals) if v is not None} or None for vals in picked]
         return [dict(zip(keys, vals)) for vals in picked]
+
+
+def _row_builder(keys: List[str], lists: List[List[Any]]) -> Callable[[int], Dict[str, Any]]:
+    """``row -> {keys[0]: lists[0][row], ...}`` as one compiled dict display. The keys enter the
+    source as ``repr`` literals (a ``str``'s repr always reads back as the same string) and the
+    columns as the function's globals, so no metadata text is ever run as code."""
+    columns = {f"c{i}": values for i, values in enumerate(lists)}
+    body = ", ".join(f"{key!r}: c{i}[row]" for i, key in enumerate(keys))
+    return eval(f"lambda row: {{{body}}}", columns)     # noqa: S307 - built from repr literals
