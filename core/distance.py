@@ -4,6 +4,7 @@ l2 is squared euclidean, cosine is 1 - cosine similarity, ip is -dot; lower is c
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -15,6 +16,9 @@ METRICS = ("cosine", "l2", "ip")
 
 def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm (zero rows stay zero)."""
+    if len(x) == 1:   # one query: a dot product and a scalar, half the time of the general path
+        norm = np.float32(math.sqrt(float(np.dot(x[0], x[0]))))
+        return (x / norm if norm > 0 else x.copy()).astype(np.float32, copy=False)
     # what np.linalg.norm(x, axis=1, keepdims=True) computes, without its Python overhead
     # (a third of this function's time for one query)
     norms = np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))

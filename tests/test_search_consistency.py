@@ -108,3 +108,16 @@ def test_a_search_overlapping_the_first_metadata_write_returns_that_metadata(tmp
                 assert all(h.metadata == {"k": 1} for h in seen), f"trial {trial}: {seen[:3]}"
     finally:
         sys.setswitchinterval(old)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_normalize_scales_rows_to_unit_norm_and_keeps_zero_rows_zero(rows):
+    from proxistore.distance import normalize
+    x = np.random.default_rng(rows).standard_normal((rows, 384)).astype(np.float32) * 7
+    x[-1] = 0 if rows > 1 else x[-1]
+    got = normalize(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    want = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not np.shares_memory(got, x)
+    np.testing.assert_array_equal(normalize(np.zeros((1, 8), np.float32)), np.zeros((1, 8)))
