@@ -215,10 +215,12 @@ def test_power_loss_under_concurrent_writers_and_background_maintenance_loses_no
             for t, (steps, out) in enumerate(zip(plans, outs)):
                 ids = sorted({i for s in steps for i in s.ids})
                 got = {i: (np.asarray(r.vector), r.metadata) for i, r in zip(ids, col.get(ids)) if r is not None}
-                ok = [k for k in candidates_for(out)
-                      if same_state({"c": got}, expected([Step("create", "c")] + steps, k + 1)) is None]
-                assert ok, (f"{sync_mode}: power lost before operation {n}: writer {t} acknowledged "
-                            f"{out.acked} batches (failed: {out.failed}); what survived matches neither")
+                diffs = {k: same_state({"c": got}, expected([Step("create", "c")] + steps, k + 1))
+                         for k in candidates_for(out)}
+                assert None in diffs.values(), (
+                    f"{sync_mode}: power lost before operation {n}: writer {t} acknowledged "
+                    f"{out.acked} batches (failed: {out.failed}: {out.error}); what survived matches "
+                    f"neither: {diffs}")
                 live.update(got)
             assert col.count() == len(live)
             check_searches(db, {"c": live})
