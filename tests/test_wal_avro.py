@@ -351,6 +351,39 @@ def test_fsync_failure_fails_the_record_for_good_and_the_log_heals_when_the_disk
     wal.close()
 
 
+class FsyncFailsAfterAnotherFailure(LocalFileSystem):
+    """Once armed, an fsync fails with EIO just after another thread failed the log (as when a
+    spare segment's creation fails at the same moment)."""
+
+    armed = False
+    wal = None
+
+    def _fsync(self, handle):
+        if self.armed:
+            self.wal._fail("a spare's creation failed meanwhile (injected)")
+            raise OSError(errno.EIO, "Input/output error (injected)")
+        super()._fsync(handle)
+
+
+def test_a_failed_rotation_fsync_never_counts_when_the_log_failed_meanwhile(tmp_path):
+    """Regression: the closing fsync's error was ignored when the log had failed meanwhile, and
+    the records were still marked durable, so a later sync acknowledged them."""
+    fs = FsyncFailsAfterAnotherFailure()
+    s, wal, _ = open_wal(tmp_path, fs=fs, sync_mode="always")
+    fs.wal = wal
+    wal.sync(wal.append(make_batch(OP_INSERT, 1, 2)))
+    token = wal.append(make_batch(OP_INSERT, 3, 2))
+    fs.armed = True
+    with pytest.raises(WalError, match="fsync/close"):
+        wal.rotate()
+    fs.armed = False
+    with pytest.raises(WalError):
+        wal.sync(token)
+    assert wal.stats()["pending_records"] == 1
+    wal.close()
+    s.close()
+
+
 def test_fsync_failure_under_group_commit_fails_every_waiting_writer_and_none_hangs(tmp_path):
     fs = FailingFsync()
     s, wal, _ = open_wal(tmp_path, fs=fs, sync_mode="group")

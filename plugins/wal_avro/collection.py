@@ -202,7 +202,9 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
             seg.handle = None
         self._active = None
         self._segments.append(seg)
-        if err is not None and not self._failed:
+        # An fsync that failed counts for nothing, even when another thread failed the log
+        # meanwhile (a spare's creation at the same moment, say): those records are not durable.
+        if err is not None and (do_fsync or not self._failed):
             raise self._fail(f"fsync/close of {seg.path} failed: {err}", self._fsync_damage(seg)) from err
         if do_fsync:
             self._mark_durable(upto, dt)
