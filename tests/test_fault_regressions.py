@@ -91,10 +91,16 @@ def test_disk_full_during_ingest_fails_writes_clearly_keeps_reads_and_resumes_wh
                                                            "retry_max_backoff": "100ms"}}, fs=fs)
     col = db.create_collection("c", dim=8)
     acked = []
+    db.maintenance.pause(True)          # flushes are due when storage runs out of space ...
     for b in range(10):
         col.insert([f"{b}-{i}" for i in range(10)], vectors(10, b))
         acked += [f"{b}-{i}" for i in range(10)]
-    fs.faults.append(Fault(None, nth=1, errno=errno.ENOSPC, persistent=True))     # the disk is full
+    fs.faults.append(Fault(None, nth=1, errno=errno.ENOSPC, persistent=True, path="storage/*"))
+    db.maintenance.pause(False)
+    deadline = time.monotonic() + 30
+    while db.stats()["collections"]["c"]["flushes"]["failures"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fs.faults.append(Fault(None, nth=1, errno=errno.ENOSPC, persistent=True))     # ... then everywhere
     failures = 0
     for b in range(10, 20):
         try:
