@@ -263,6 +263,63 @@ def test_group_syncer_thread_starts_on_demand_exits_when_idle_and_is_joined_by_c
     wal.close()
 
 
+def test_group_and_always_append_defers_small_records_to_the_fsync_that_acknowledges_them(tmp_path):
+    for mode in ("always", "group"):
+        s, wal, _ = open_wal(tmp_path / mode, sync_mode=mode)
+        wal.sync(wal.append(make_batch(OP_INSERT, 1, 1, 8)))
+        path = os.path.join(wal.dir, wal.stats()["active_segment"])
+        on_disk = os.path.getsize(path)
+        token = wal.append(make_batch(OP_INSERT, 2, 3, 8))
+        assert os.path.getsize(path) == on_disk            # kept in memory: not acknowledged yet
+        wal.sync(token)
+        assert os.path.getsize(path) == wal.stats()["bytes"] > on_disk
+        assert wal.stats()["write_seconds"] > 0
+        big = wal.append(make_batch(OP_INSERT, 5, 100, 384))    # >= 64 KiB of vectors: written now
+        assert os.path.getsize(path) == wal.stats()["bytes"]
+        wal.sync(big)
+        wal.close()
+        s.close()
+        _, wal, got = open_wal(tmp_path / mode)
+        assert [b.first_lsn for b in got] == [1, 2, 5]
+        wal.close()
+
+
+class FailingWrites(LocalFileSystem):
+    """The real filesystem, except that writes fail with ENOSPC once armed (a full disk)."""
+
+    armed = False
+
+    def _write(self, handle, data):
+        if self.armed:
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        return super()._write(handle, data)
+
+
+def test_a_failed_deferred_write_fails_every_unacknowledged_record_and_the_log_heals(tmp_path):
+    fs = FailingWrites()
+    s, wal, _ = open_wal(tmp_path, fs=fs, sync_mode="always")
+    wal.sync(wal.append(make_batch(OP_INSERT, 1, 2)))
+    first = wal.append(make_batch(OP_INSERT, 3, 2))
+    second = wal.append(make_batch(OP_INSERT, 5, 2))      # both kept for the next fsync
+    fs.armed = True
+    with pytest.raises(WalError, match="write of .* failed"):
+        wal.sync(second)
+    fs.armed = False
+    with pytest.raises(WalError, match="not made durable|has not recovered"):
+        wal.sync(first)
+    later = wal.append(make_batch(OP_INSERT, 7, 2))      # heals: the segment is cut back to its fsync
+    wal.sync(later)
+    for token in (first, second):
+        with pytest.raises(WalError, match="not made durable"):
+            wal.sync(token)
+    assert wal.stats()["heals"] == 1
+    wal.close()
+    s.close()
+    _, wal, got = open_wal(tmp_path)
+    assert [b.first_lsn for b in got] == [1, 7]
+    wal.close()
+
+
 def test_group_commit_under_concurrent_rotation_loses_nothing(tmp_path):
     s, wal, _ = open_wal(tmp_path, sync_mode="group", segment_size=2000)
     lock = threading.Lock()
@@ -422,8 +479,10 @@ def test_stats_time_append_and_fsync_separately_and_debug_logs_name_the_work(tmp
         wal.sync(wal.append(make_batch(OP_INSERT, 1, 50, 32)))
     stats = wal.stats()
     assert stats["append_seconds"] > 0 and stats["fsync_seconds"] > 0 and stats["fsyncs"] == 2
+    assert stats["write_seconds"] > 0
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "append of 50 rows (encode+CRC+write 7825 bytes to the OS, no fsync)" in text
+    assert "append of 50 rows (encode+CRC, 7825 bytes kept for the next fsync to write, no fsync)" in text
+    assert "wrote 1 deferred records (7825 bytes) to the OS" in text
     assert "fsync of wal-0000000001.avro made 1 records durable" in text
     assert "header write + file fsync + directory fsync" in text
     wal.close()
@@ -435,7 +494,7 @@ def test_interval_mode_writes_each_record_to_the_os_at_append(tmp_path, caplog):
     with caplog.at_level(logging.DEBUG, logger="proxistore.wal"):
         wal.sync(wal.append(make_batch(OP_INSERT, 1, 50, 32)))
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "append of 50 rows (encode+CRC+write 7825 bytes to the OS, no fsync)" in text
+    assert "append of 50 rows (encode+CRC, 7825 bytes written to the OS, no fsync)" in text
     path = wal.stats()["active_segment"]
     assert os.path.getsize(os.path.join(wal.dir, path)) == wal.stats()["bytes"]
     wal.close()

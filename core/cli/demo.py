@@ -258,7 +258,8 @@ def _show_stats(db: Any, name: str, events: List[Dict[str, Any]], out: Output) -
         ["rows", f"{s['rows']:,} ({s['memtable']['rows']:,} in the memtable, the rest in segments)"],
         ["segments", f"{storage.get('segments')} ({fmt_bytes(storage.get('bytes'))})"],
         ["flushes by policy", ", ".join(f"{p} {n}" for p, n in sorted(by_policy.items())) or "none"],
-        ["WAL append", f"{fmt_seconds(wal.get('append_seconds'))} writing records"],
+        ["WAL append", f"{fmt_seconds(wal.get('append_seconds', 0) + wal.get('write_seconds', 0))} "
+                       f"encoding records and writing them to the OS"],
         ["WAL fsync", f"{fmt_seconds(wal.get('fsync_seconds'))} in {wal.get('fsyncs')} fsyncs "
                       f"(sync_mode {wal.get('sync_mode')})"],
     ])

@@ -89,10 +89,11 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
         self._damage: List[Damage] = []        # what the next heal must repair (see .healing)
         self._lost: List[tuple] = []           # token ranges (lo, hi] that failed for good
         self._closed = False
+        self._strict = settings.sync_mode in ("always", "group")   # an fsync before each ack
         self._recovered = False
         self._highest_lsn = 0
         self._c: Dict[str, Any] = dict(
-            appends=0, rows_appended=0, bytes_appended=0, append_seconds=0.0, fsyncs=0,
+            appends=0, rows_appended=0, bytes_appended=0, append_seconds=0.0, write_seconds=0.0, fsyncs=0,
             dir_fsyncs=0, fsync_seconds=0.0, rotations=0, segments_created=0, segments_prepared=0,
             checkpoints=0, segments_deleted=0, bytes_freed=0, write_repairs=0, heals=0)
 
@@ -118,6 +119,7 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
         rec = encode_record(batch, io.BytesIO(), batch.timestamp or time.time())
         small = len(rec.vectors) < _JOIN_BELOW
         tail = rec.tail(rec.crc()) if small else b""
+        defer = small and self._strict
         fsync_dt = 0.0
         with self._lock:
             if self._closed:
@@ -142,14 +144,19 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
                 break
             h = seg.handle
             assert h is not None
-            try:
-                if small:
-                    h.write(b"".join((rec.head, rec.vectors, tail, seg.sync_marker)))
-                else:
-                    _write_large(h, rec, seg.sync_marker)
-                h.flush()
-            except OSError as e:
-                raise self._repair_write(seg, e) from e
+            if defer:
+                seg.pending.append(b"".join((rec.head, rec.vectors, tail, seg.sync_marker)))
+            else:
+                if seg.pending:
+                    self._write_pending(seg)
+                try:
+                    if small:
+                        h.write(b"".join((rec.head, rec.vectors, tail, seg.sync_marker)))
+                    else:
+                        _write_large(h, rec, seg.sync_marker)
+                    h.flush()
+                except OSError as e:
+                    raise self._repair_write(seg, e) from e
             seg.note_record(batch.first_lsn, batch.first_lsn + rec.rows - 1, rec.rows, rec.nbytes)
             self._highest_lsn = max(self._highest_lsn, batch.first_lsn + rec.rows - 1)
             self._appended += 1
@@ -167,9 +174,35 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
             with self._cond:
                 self._cond.notify_all()
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("wal %s: append of %d rows (encode+CRC+write %d bytes to the OS, no fsync) "
-                      "took %.3f ms", self.name, rec.rows, rec.nbytes, dt * 1e3)
+            log.debug("wal %s: append of %d rows (encode+CRC, %d bytes %s, no fsync) took %.3f ms",
+                      self.name, rec.rows, rec.nbytes,
+                      "kept for the next fsync to write" if defer else "written to the OS", dt * 1e3)
         return token
+
+    def _write_pending(self, seg: Segment) -> None:
+        """Under ``_lock``: hand ``seg``'s deferred records to the OS, in order.
+
+        In ``always`` and ``group`` a small record is not written by ``append`` but kept until
+        the fsync that acknowledges it: an append then makes no system call, which would let
+        the other writers take the GIL mid-append, and each fsync is preceded by one write of
+        all its records. None of them is acknowledged yet, so a failed write fails the log and
+        the next heal cuts the segment back to its last fsync, as after a failed fsync."""
+        records = len(seg.pending)
+        data = seg.take_pending()
+        h = seg.handle
+        assert h is not None
+        t0 = perf_counter()
+        try:
+            h.write(data)
+            h.flush()
+        except OSError as e:
+            raise self._fail(f"write of {len(data)} bytes to {seg.path} failed: {e}",
+                             self._fsync_damage(seg)) from e
+        dt = perf_counter() - t0
+        self._c["write_seconds"] += dt
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("wal %s: wrote %d deferred records (%d bytes) to the OS in %.3f ms", self.name,
+                      records, len(data), dt * 1e3)
 
     def _close_active(self, *, final: bool) -> float:
         """Close the active segment, fsyncing it first (unless sync_mode=none and not final).
@@ -185,11 +218,16 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
                     and upto > self._durable)
         dt = 0.0
         err: Optional[OSError] = None
+        data = seg.take_pending()       # deferred records: written if they are to be kept
         with seg.sync_lock:
             h = seg.handle
             assert h is not None
             try:
                 if do_fsync:
+                    if data:
+                        t0 = perf_counter()
+                        h.write(data)
+                        self._c["write_seconds"] += perf_counter() - t0
                     t0 = perf_counter()
                     h.fsync()
                     dt = perf_counter() - t0
@@ -325,5 +363,6 @@ class AvroCollectionWal(HealMixin, SyncMixin, RotationMixin, CollectionWal):
         except OSError as e:   # the failure that matters was already raised to the writers
             log.warning("wal %s: closing failed segment %s: %s", self.name, seg.name, e)
         seg.handle = None
+        seg.pending = []                  # not acknowledged: the heal cut it back to its last fsync
         self._active = None
         self._segments.append(seg)

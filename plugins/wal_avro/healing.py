@@ -1,9 +1,11 @@
 """Getting a collection log going again after an I/O error, without a reopen.
 
-A failed **write** is repaired at once: the partial record is cut off (the segment is reopened
-and truncated at the end of the last whole record), only that batch fails, and the log goes on.
+A failed **write** by ``append`` is repaired at once: the partial record is cut off (the segment
+is reopened and truncated at the end of the last whole record), only that batch fails, and the
+log goes on.
 
-A failed **fsync** (or a write whose repair failed too) *fails the log*: every record not yet
+A failed **fsync**, a failed write of deferred records (``always``/``group``: written just before
+their fsync), or a write whose repair failed too *fails the log*: every record not yet
 durable is reported as not written to the writers waiting for it, and appends are refused. The
 next append then tries to *heal*: each segment the failure touched is truncated to what is known
 to be good and fsynced, and closed; the next record goes to a fresh segment. What is known to be
@@ -133,6 +135,7 @@ class HealMixin:
                 except OSError as e:
                     log.warning("wal %s: closing failed segment %s: %s", self.name, seg.name, e)
                 seg.handle = None
+            seg.pending = []       # deferred records of a failed log: never written, not acknowledged
             good = seg.synced if cut_to == "synced" and seg.synced is not None else seg.state()
             with self.fs.open(seg.path, "r+b") as h:
                 h.truncate(good.size)

@@ -47,6 +47,14 @@ class Segment:
     sync_marker: bytes = b""
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
     synced: Optional[SegmentState] = None     # as of the last fsync made in this process
+    #: Records appended but not yet handed to the OS (``always``/``group`` only: they are
+    #: written just before the fsync that acknowledges them; see ``AvroCollectionWal.append``).
+    pending: List[bytes] = field(default_factory=list)
+
+    def take_pending(self) -> bytes:
+        """The deferred records' bytes, in order, and forget them."""
+        chunks, self.pending = self.pending, []
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def state(self) -> SegmentState:
         return SegmentState(self.size, self.records, self.rows, self.first_lsn, self.last_lsn)

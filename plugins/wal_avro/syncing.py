@@ -173,6 +173,8 @@ class SyncMixin:
             if self._failed:
                 raise self._failure()
             seg = self._active
+            if seg is not None and seg.pending:
+                self._write_pending(seg)
             upto = self._appended
             snap = seg.state() if seg is not None else None
         if seg is None:       # everything is in closed segments, fsynced when they closed
