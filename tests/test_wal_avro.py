@@ -12,6 +12,7 @@ import time
 import zlib
 
 import fastavro
+import numpy as np
 import pytest
 
 from proxistore.contracts import OP_DELETE, OP_INSERT, OP_UPSERT, WalBatch
@@ -20,7 +21,7 @@ from proxistore.errors import (CollectionExists, CollectionNotFound, ConfigError
 from proxistore.fileio import LocalFileSystem
 from proxistore.plugins import wal_avro
 from proxistore.plugins.wal_avro import AvroWalStrategy, inspect_wal, syncing
-from proxistore.plugins.wal_avro.format import RECORD_SCHEMA, build_header, encode_long
+from proxistore.plugins.wal_avro.format import REST_FIELDS, RECORD_SCHEMA, build_header, encode_long, encode_record
 from proxistore.testing.wal import assert_batches_equal, make_batch
 
 OPS = (OP_INSERT, OP_UPSERT, OP_DELETE)
@@ -141,6 +142,28 @@ def test_header_encoding_matches_fastavro():
         assert encode_long(n) == buf.getvalue()
 
 
+def test_small_records_are_framed_byte_for_byte_as_fastavro_frames_them():
+    # a batch of fewer than 16 rows has its fields framed by format.py itself: a reader (ours,
+    # fastavro's, any Avro reader) must not be able to tell
+    marker = bytes(range(16))
+    ids_cases = [["a"], [""], ["é\u4e2d\U0001F600", "x" * 200], [f"id-{i}" for i in range(15)]]
+    for op in ("insert", "upsert", "delete"):
+        for ids in ids_cases:
+            for meta in (None, [{"k": "v"}] * len(ids), [None] * len(ids)):
+                vecs = None if op == "delete" else np.arange(len(ids) * 3, dtype=np.float32).reshape(-1, 3)
+                batch = WalBatch(op, 2 ** 33 + 7, ids, vecs, meta, 1234.5)
+                rec = encode_record(batch, io.BytesIO(), 1234.5)
+                meta_json = (None if meta is None or op == "delete"
+                             else json.dumps(meta, separators=(",", ":")))
+                buf = io.BytesIO()
+                fastavro.schemaless_writer(buf, {"type": "record", "name": "R", "fields": REST_FIELDS},
+                                           {"op": op, "ids": ids, "metadata": meta_json, "timestamp": 1234.5})
+                assert rec.rest == buf.getvalue(), (op, ids, meta)
+                block = rec.head + bytes(rec.vectors) + rec.tail(rec.crc()) + marker
+                got = list(fastavro.reader(io.BytesIO(build_header(marker, {}) + block)))
+                assert got[0]["ids"] == ids and got[0]["op"] == op and got[0]["first_lsn"] == 2 ** 33 + 7
+
+
 def test_segment_rotates_before_exceeding_segment_size(tmp_path):
     s, wal, _ = open_wal(tmp_path, sync_mode="always", segment_size=4000)
     want = [make_batch(OP_INSERT, 1 + 5 * i, 5, 16) for i in range(30)]
@@ -255,11 +278,31 @@ def test_group_syncer_thread_starts_on_demand_exits_when_idle_and_is_joined_by_c
     assert syncer_threads() == [], "an idle syncer stays"
     wal.sync(wal.append(make_batch(OP_INSERT, 2, 1, 8)))    # a new one starts for the next waiter
     assert len(syncer_threads()) == 1 and wal.stats()["pending_records"] == 0
+    # after groups of several writers the syncer gathers the next group without waiting idle;
+    # once the writers stop, that must end in idleness too, not in a loop of empty gathers
+    lock, lsn = threading.Lock(), [3]
+
+    def writer():
+        for _ in range(30):
+            with lock:
+                token = wal.append(make_batch(OP_INSERT, lsn[0], 1, 8))
+                lsn[0] += 1
+            wal.sync(token)
+    pool = [threading.Thread(target=writer) for _ in range(6)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert wal.stats()["pending_records"] == 0 and wal.stats()["fsyncs"] < 2 + 180
+    deadline = time.monotonic() + 5
+    while syncer_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert syncer_threads() == [], "the syncer of a finished burst stays"
     wal.close()
     assert syncer_threads() == []
     s.close()
     _, wal, got = open_wal(tmp_path)
-    assert [b.first_lsn for b in got] == [1, 2]
+    assert [b.first_lsn for b in got] == list(range(1, 183))
     wal.close()
 
 

@@ -69,6 +69,11 @@ RECORD_SCHEMA: Dict[str, Any] = {
 _REST_NAME = "proxistore.wal.WalBatchRest"
 _REST_SCHEMA = fastavro.parse_schema({"type": "record", "name": _REST_NAME, "fields": REST_FIELDS})
 _CRC = struct.Struct(">I")
+_DOUBLE = struct.Struct("<d")
+#: Batches of up to this many rows have their REST_FIELDS framed here rather than by fastavro,
+#: whose per-call set-up is most of the cost for one row (2.0 vs 0.6 us); tests check that
+#: both give the same bytes.
+_FRAME_REST_BELOW = 16
 _ONE_RECORD = b"\x02"          # Avro long 1: the block's record count
 
 
@@ -79,12 +84,19 @@ def segment_name(seq: int) -> str:
 
 def encode_long(n: int) -> bytes:
     """Avro's zig-zag varint encoding of a 64-bit signed integer."""
-    n = (n << 1) ^ (n >> 63)
+    return encode_longs(n)
+
+
+def encode_longs(*values: int) -> bytes:
+    """The Avro encodings of ``values``, one after the other (one call for a record's
+    integer fields: an append of one row spent a third of its encoding time in per-field calls)."""
     out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+    for n in values:
+        n = (n << 1) ^ (n >> 63)
+        while n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
     return bytes(out)
 
 
@@ -153,13 +165,35 @@ def encode_record(batch: WalBatch, rest_buffer: io.BytesIO, timestamp: float) ->
         except (TypeError, ValueError) as e:
             raise InvalidMetadata(f"metadata cannot be logged as JSON: {e}") from e
     ids = batch.ids if isinstance(batch.ids, list) else list(batch.ids)
-    rest_buffer.seek(0)
-    rest_buffer.truncate()
-    fastavro.schemaless_writer(rest_buffer, _REST_SCHEMA, {
-        "op": batch.op, "ids": ids, "metadata": meta, "timestamp": timestamp})
-    prefix = (encode_long(batch.first_lsn) + encode_long(batch.first_lsn + n - 1)
-              + encode_long(dim) + encode_long(len(vec)))
-    return EncodedRecord(prefix, vec, rest_buffer.getvalue(), n)
+    if n < _FRAME_REST_BELOW:
+        rest = _frame_rest(batch.op, ids, meta, timestamp)
+    else:
+        rest_buffer.seek(0)
+        rest_buffer.truncate()
+        fastavro.schemaless_writer(rest_buffer, _REST_SCHEMA, {
+            "op": batch.op, "ids": ids, "metadata": meta, "timestamp": timestamp})
+        rest = rest_buffer.getvalue()
+    prefix = encode_longs(batch.first_lsn, batch.first_lsn + n - 1, dim, len(vec))
+    return EncodedRecord(prefix, vec, rest, n)
+
+
+_OP_CODES = {op: encode_long(i) for i, op in enumerate(OPS)}
+
+
+def _frame_rest(op: str, ids: List[str], meta: Optional[str], timestamp: float) -> bytes:
+    """REST_FIELDS in Avro binary encoding, as ``fastavro.schemaless_writer`` writes them."""
+    parts = [_OP_CODES[op], encode_longs(len(ids))]
+    for id_ in ids:
+        e = id_.encode()
+        parts += (encode_longs(len(e)), e)
+    if meta is None:
+        parts.append(b"\x00\x00")            # end of the ids array; union branch 0 (null)
+    else:
+        m = meta.encode()
+        parts.append(b"\x00\x02" + encode_longs(len(m)))
+        parts.append(m)
+    parts.append(_DOUBLE.pack(timestamp))
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------------------------

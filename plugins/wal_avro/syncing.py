@@ -112,8 +112,11 @@ class SyncMixin:
         """The group syncer: gather, fsync, wake the covered waiters; exit when closed or idle."""
         while True:
             with self._cond:
-                self._syncer_idle = True
-                while not self._waiters and not self._closed:
+                # After a group of several, gather the next one at once: the writers it woke
+                # are about to append again, and waking an idle syncer for the first of them
+                # would cost a trip through the GIL in every cycle.
+                self._syncer_idle = not self._expect_group()
+                while self._syncer_idle and not self._waiters and not self._closed:
                     if not self._cond.wait(SYNCER_IDLE_EXIT) and not self._waiters:
                         self._syncer = None
                         self._syncer_idle = False
@@ -149,13 +152,17 @@ class SyncMixin:
                 for w in wake:
                     w.release()
 
+    def _expect_group(self) -> bool:
+        """Whether the next fsync waits to gather a group: the previous group had several
+        writers and group_commit_window allows a wait."""
+        return self._last_group > 1 and self.settings.group_commit_window > 0
+
     def _gather(self) -> None:
         """Before an fsync, wait up to group_commit_window for as many pending records as the
         previous group had (only when that group had several writers)."""
-        window = self.settings.group_commit_window
-        if window <= 0 or self._last_group <= 1:
+        if not self._expect_group():
             return
-        deadline = perf_counter() + window
+        deadline = perf_counter() + self.settings.group_commit_window
         with self._cond:
             self._gathering = True
             try:
