@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import repeat
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -97,7 +98,7 @@ class CollectionRuntime:
                 token = self.wal.append(batch)
                 self._note_metadata_types(batch)
                 live = op != OP_DELETE
-                self._pending.update(zip(ids, ((lsn, live) for lsn in range(first, first + len(ids)))))
+                self._pending.update(zip(ids, zip(range(first, first + len(ids)), repeat(live))))
                 self._inflight += 1
             try:
                 self.wal.sync(token)
@@ -131,6 +132,10 @@ class CollectionRuntime:
             self._index.note_applied(active, batch.ids)
 
     def _unpend(self, batch: WalBatch) -> None:
+        """Forget ``batch``'s in-flight ids (call under the lock, before ``_inflight`` drops)."""
+        if self._inflight == 1:     # the only batch in flight: every pending id is its own
+            self._pending.clear()
+            return
         for i, id_ in enumerate(batch.ids):
             entry = self._pending.get(id_)
             if entry is not None and entry[0] == batch.first_lsn + i:
@@ -160,15 +165,14 @@ class CollectionRuntime:
                     rest.difference_update(found)
         if rest:
             stored = self.store.existing(list(rest))
-            for id_ in rest:
-                out[id_] = id_ in stored
+            out.update(dict.fromkeys(rest, False))
+            out.update(dict.fromkeys(stored, True))
         return out
 
     @staticmethod
     def _count_delta(op: str, ids: Sequence[str], states: Mapping[str, bool]) -> int:
-        if op == OP_DELETE:
-            return -sum(1 for i in ids if states[i])
-        return sum(1 for i in ids if not states[i])
+        live_before = sum(map(states.__getitem__, ids))
+        return -live_before if op == OP_DELETE else len(ids) - live_before
 
     def _note_metadata_types(self, batch: WalBatch) -> None:
         types = self._meta_types

@@ -56,12 +56,14 @@ def check_ids(ids: Any) -> List[str]:
         out = list(ids)
     except TypeError:
         raise InvalidId(f"ids must be a sequence of strings, got {type(ids).__name__}") from None
-    for i, id_ in enumerate(out):
-        if not isinstance(id_, str):
-            raise InvalidId(f"ids[{i}] is {type(id_).__name__} {id_!r}; ids must be strings")
-        if not id_:
-            raise InvalidId(f"ids[{i}] is empty; ids must be non-empty strings")
-    if len(set(out)) != len(out):
+    if set(map(type, out)) - {str}:       # else a loop in C has checked every type
+        for i, id_ in enumerate(out):
+            if not isinstance(id_, str):
+                raise InvalidId(f"ids[{i}] is {type(id_).__name__} {id_!r}; ids must be strings")
+    unique = set(out)
+    if "" in unique:
+        raise InvalidId(f"ids[{out.index('')}] is empty; ids must be non-empty strings")
+    if len(unique) != len(out):
         seen, dups = set(), []
         for id_ in out:
             if id_ in seen and id_ not in dups:

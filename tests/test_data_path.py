@@ -2,6 +2,8 @@
 flush, compaction and reopen; newest version wins; deletes hide older versions."""
 from __future__ import annotations
 
+import errno
+import os
 import threading
 
 import numpy as np
@@ -9,6 +11,8 @@ import pytest
 
 import proxistore
 from proxistore.distance import exact_topk
+from proxistore.errors import DuplicateId, WalError
+from proxistore.fileio import FileHandle, LocalFileSystem
 
 from conftest import ids_for, random_vectors
 
@@ -225,3 +229,58 @@ def test_concurrent_writers_and_readers_lose_nothing(db_path, rng):
         assert db.stats()["collections"]["c"]["flushes"]["by_policy"].get("size", 0) >= 1
     with proxistore.open(db_path) as db:
         assert db.collection("c").count() == n_threads * batches * batch
+
+
+class GatedWalFsyncs(LocalFileSystem):
+    """The real filesystem, except that a WAL fsync waits while the gate is shut (a slow disk),
+    and fails once with EIO when told to."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def _fsync(self, handle: FileHandle) -> None:
+        if "/wal/" in handle.path.replace(os.sep, "/") and not self.gate.is_set():
+            self.entered.set()
+            self.gate.wait(10)
+            if self.fail_next:
+                self.fail_next = False
+                raise OSError(errno.EIO, "Input/output error (injected)")
+        super()._fsync(handle)
+
+
+def test_an_insert_of_an_id_still_in_flight_is_refused_and_a_failed_batch_frees_its_ids(db_path):
+    fs = GatedWalFsyncs()
+    with proxistore.open(db_path, fs=fs) as db:
+        col = db.create_collection("c", dim=DIM)
+        col.insert(["a"], random_vectors(np.random.default_rng(1), 1, DIM))
+        outcome = []
+
+        def insert(ids):
+            try:
+                outcome.append(col.insert(ids, random_vectors(np.random.default_rng(2), len(ids), DIM)))
+            except WalError as e:
+                outcome.append(e)
+
+        for fail in (False, True):
+            fs.entered.clear()
+            fs.fail_next = fail
+            fs.gate.clear()
+            writer = threading.Thread(target=insert, args=(["x", "y"] if not fail else ["p", "q"],))
+            writer.start()
+            assert fs.entered.wait(10), "the in-flight batch never reached its fsync"
+            with pytest.raises(DuplicateId):        # acknowledged or not, its ids are taken
+                col.insert(["y" if not fail else "q"], random_vectors(np.random.default_rng(3), 1, DIM))
+            fs.gate.set()
+            writer.join(10)
+            assert not writer.is_alive()
+        assert isinstance(outcome[0], int) and isinstance(outcome[1], WalError)
+        with pytest.raises(DuplicateId):             # acknowledged: in the memtable now
+            col.insert(["x"], random_vectors(np.random.default_rng(4), 1, DIM))
+        col.insert(["p", "q", "z"], random_vectors(np.random.default_rng(5), 3, DIM))     # the failed batch's ids are free
+        assert col.count() == 6
+        assert [r is not None for r in col.get(["a", "x", "y", "p", "q", "z"])] == [True] * 6
+    with proxistore.open(db_path) as db:
+        assert db.collection("c").count() == 6

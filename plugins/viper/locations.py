@@ -48,8 +48,7 @@ class Locations:
         return data, data.row_of[id_]
 
     def existing(self, ids: Iterable[str]) -> set:
-        of = self._of
-        return {id_ for id_ in ids if id_ in of}
+        return self._of.keys() & ids
 
     def group(self, ids: Iterable[str]) -> Dict[SegmentData, List[Tuple[str, int]]]:
         """Per segment, the ``(id, row)`` pairs of the ids in ``ids`` stored live there."""
