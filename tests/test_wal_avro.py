@@ -262,6 +262,25 @@ def test_group_commit_shares_fsyncs_among_eight_writers(tmp_path):
     wal.close()
 
 
+def concurrent_writers(wal, *, writers, batches, rows, dim=8, first_lsn=1, also=None):
+    """``writers`` threads each appending and syncing ``batches`` insert batches of ``rows`` rows,
+    LSNs handed out under one lock as the core does (and ``also`` on a thread of its own)."""
+    lock, lsn = threading.Lock(), [first_lsn]
+
+    def writer():
+        for _ in range(batches):
+            with lock:
+                token = wal.append(make_batch(OP_INSERT, lsn[0], rows, dim))
+                lsn[0] += rows
+            wal.sync(token)
+    pool = [threading.Thread(target=writer) for _ in range(writers)]
+    pool += [threading.Thread(target=also)] if also is not None else []
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
 def syncer_threads(name="c"):
     return [t for t in threading.enumerate() if t.name == f"proxistore-wal-sync-{name}"]
 
@@ -280,19 +299,7 @@ def test_group_syncer_thread_starts_on_demand_exits_when_idle_and_is_joined_by_c
     assert len(syncer_threads()) == 1 and wal.stats()["pending_records"] == 0
     # after groups of several writers the syncer gathers the next group without waiting idle;
     # once the writers stop, that must end in idleness too, not in a loop of empty gathers
-    lock, lsn = threading.Lock(), [3]
-
-    def writer():
-        for _ in range(30):
-            with lock:
-                token = wal.append(make_batch(OP_INSERT, lsn[0], 1, 8))
-                lsn[0] += 1
-            wal.sync(token)
-    pool = [threading.Thread(target=writer) for _ in range(6)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    concurrent_writers(wal, writers=6, batches=30, rows=1, first_lsn=3)
     assert wal.stats()["pending_records"] == 0 and wal.stats()["fsyncs"] < 2 + 180
     deadline = time.monotonic() + 5
     while syncer_threads() and time.monotonic() < deadline:
@@ -365,22 +372,8 @@ def test_a_failed_deferred_write_fails_every_unacknowledged_record_and_the_log_h
 
 def test_group_commit_under_concurrent_rotation_loses_nothing(tmp_path):
     s, wal, _ = open_wal(tmp_path, sync_mode="group", segment_size=2000)
-    lock = threading.Lock()
-    lsn = [1]
-
-    def writer():
-        for _ in range(30):
-            with lock:
-                token = wal.append(make_batch(OP_INSERT, lsn[0], 2, 16))
-                lsn[0] += 2
-            wal.sync(token)
-
-    threads = [threading.Thread(target=writer) for _ in range(6)] + [
-        threading.Thread(target=lambda: [wal.rotate() or time.sleep(0.001) for _ in range(50)])]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    concurrent_writers(wal, writers=6, batches=30, rows=2, dim=16,
+                       also=lambda: [wal.rotate() or time.sleep(0.001) for _ in range(50)])
     assert wal.stats()["rotations"] > 10
     wal.close()
     _, wal, got = open_wal(tmp_path)
