@@ -173,3 +173,22 @@ def test_per_collection_overrides_are_validated_at_open(tmp_path):
     engine, store = open_store(tmp_path)
     with pytest.raises(ConfigError, match="index_backend"):
         engine.open_collection(CollectionInfo("c", 8, "l2"), {"index": "flat", "index_backend": "hnswlib"})
+
+
+def test_manifest_bytes_round_trip_and_a_changed_entry_is_encoded_anew():
+    from dataclasses import replace
+
+    from proxistore.plugins.viper.manifest import IndexRef, Manifest, SegmentEntry
+    a = SegmentEntry(name="seg-1", file="seg-1.parquet", rows=10, bytes=100, min_lsn=1, max_lsn=10)
+    b = SegmentEntry(name="seg-2", file="seg-2.parquet", rows=5, bytes=50, min_lsn=11, max_lsn=15,
+                     index=IndexRef("seg-2.i", "hnsw", "faiss", {"m": 16}, 7, 9))
+    m = Manifest("c", 8, "l2", flushed_lsn=15, generation=3, segments=(a, b))
+    assert Manifest.from_bytes(m.to_bytes(), "test") == m
+    # entries encode their line once; a commit that changes a segment makes a new entry,
+    # whose line must say the change
+    m.to_bytes()
+    changed = replace(a, deleted=4, deletes_file="seg-1.del", deletes_bytes=3)
+    m2 = m.with_segments([changed, b])
+    back = Manifest.from_bytes(m2.to_bytes(), "test")
+    assert back.segments[0].deleted == 4 and back.segments[0].deletes_file == "seg-1.del"
+    assert back == m2 and json.loads(m2.to_bytes())["generation"] == 4

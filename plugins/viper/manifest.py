@@ -30,6 +30,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from proxistore.errors import StorageError
@@ -107,6 +108,13 @@ class SegmentEntry:
     def total_bytes(self) -> int:
         return self.bytes + self.deletes_bytes + (self.index.bytes if self.index else 0)
 
+    @cached_property
+    def json_line(self) -> str:
+        """This entry's line in the manifest file. Encoded once: an entry never changes (a
+        commit that changes a segment makes a new entry), and re-encoding every entry on every
+        commit cost ~1.7 ms of GIL-holding work per flush with ~130 segments."""
+        return json.dumps(_entry_doc(self), sort_keys=True)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -137,7 +145,7 @@ class Manifest:
         the GIL. Each line goes through json's C encoder."""
         head = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "segments"}
         head["format"] = FORMAT_VERSION
-        lines = [json.dumps(_entry_doc(e), sort_keys=True) for e in self.segments]
+        lines = [e.json_line for e in self.segments]
         body = json.dumps(head, sort_keys=True)[:-1]
         segments = "[]" if not lines else "[\n  " + ",\n  ".join(lines) + "\n ]"
         return (body + ', "segments": ' + segments + "}\n").encode("utf-8")
