@@ -64,3 +64,44 @@ def test_bytes_count_metadata_and_fall_when_a_row_loses_it():
     assert mt.nbytes >= bare + 100 * 200
     mt.apply(WalBatch(OP_UPSERT, 201, ids, vecs))
     assert mt.nbytes == bare
+
+
+def test_a_memtable_of_many_small_chunks_answers_like_one_of_a_single_chunk():
+    """Vectors live in chunks (so that growing a large memtable never copies all of it): gets,
+    searches (filtered or not, any metric) and the rows handed to a flush must not depend on
+    where the chunk boundaries fall."""
+    from proxistore.filters import compile_filter
+
+    rng = np.random.default_rng(11)
+    batches = _batches(rng, count=120)
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    for metric in ("l2", "ip", "cosine"):
+        whole, chunked = Memtable(8, metric), Memtable(8, metric, capacity=3, chunk_rows=7)
+        for b in batches:
+            whole.apply(b)
+            chunked.apply(b)
+        assert len(chunked._chunks) > 10
+        for id_ in whole.ids():
+            a, b = whole.get(id_), chunked.get(id_)
+            assert (a is None) == (b is None)
+            assert a is None or (np.array_equal(a.vector, b.vector) and a.lsn == b.lsn)
+        for flt in (None, compile_filter({"g": "g1"})):
+            for k in (1, 10, 500):
+                x = whole.search(queries, k, filter=flt, with_metadata=True)
+                y = chunked.search(queries, k, filter=flt, with_metadata=True)
+                assert np.array_equal(x.ids, y.ids) and np.allclose(x.distances, y.distances)
+                assert np.array_equal(x.lsns, y.lsns) and x.metadata == y.metadata
+        r, s = whole.to_segment_rows(), chunked.to_segment_rows()
+        assert r.ids == s.ids and np.array_equal(r.vectors, s.vectors) and np.array_equal(r.lsns, s.lsns)
+        assert r.deleted_ids == s.deleted_ids and r.metadata == s.metadata
+        assert whole.nbytes == chunked.nbytes and chunked.allocated_bytes >= chunked.nbytes
+
+
+def test_a_large_memtable_grows_without_copying_its_full_chunks():
+    mt = Memtable(4, "l2", chunk_rows=100)
+    mt.apply(WalBatch(OP_INSERT, 1, [f"a{i}" for i in range(250)], np.ones((250, 4), dtype=np.float32)))
+    full = mt._chunks[:2]
+    mt.apply(WalBatch(OP_INSERT, 251, [f"b{i}" for i in range(500)], np.full((500, 4), 2, dtype=np.float32)))
+    assert all(a is b for a, b in zip(full, mt._chunks[:2]))      # the same arrays, not copies
+    assert [len(c) for c in mt._chunks[:-1]] == [100] * 7 and len(mt) == 750
+    assert mt.get("a249").vector.tolist() == [1.0] * 4 and mt.get("b499").vector.tolist() == [2.0] * 4
