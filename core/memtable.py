@@ -17,6 +17,7 @@ adds the unused capacity of the arrays.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -40,6 +41,17 @@ _prefault_lock = threading.Lock()
 _prefault_pool: Optional[ThreadPoolExecutor] = None
 
 
+def _idle_priority() -> None:
+    """The prefault thread runs only on an otherwise idle CPU: it is never urgent (it starts a
+    chunk ahead), and as a normal thread it took a CPU from the writers for one scheduler tick
+    (~4 ms here) each time. It holds the GIL only to start and end a fill."""
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass   # not allowed here: the chunk is still mapped ahead, at normal priority
+
+
 def _touched_chunk(rows: int, dim: int) -> np.ndarray:
     chunk = np.zeros((rows, dim), dtype=np.float32)
     chunk.fill(0.0)       # maps every page now (numpy releases the GIL for it)
@@ -55,7 +67,8 @@ def _prefault(rows: int, dim: int) -> Optional[Future]:
     global _prefault_pool
     with _prefault_lock:
         if _prefault_pool is None:
-            _prefault_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxistore-memtable-prefault")
+            _prefault_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxistore-memtable-prefault",
+                                                initializer=_idle_priority)
         try:
             return _prefault_pool.submit(_touched_chunk, rows, dim)
         except RuntimeError:   # the pool is shut down: the interpreter is exiting
@@ -203,8 +216,8 @@ class Memtable:
             grown = self._full_chunk() if size == per else np.zeros((size, self.dim), dtype=np.float32)
             grown[:len(last)] = last
             chunks[-1] = grown
-        if self._spare is None and rows - (len(chunks) - 1) * per > per // 2:
-            self._spare = _prefault(per, self.dim)
+        if self._spare is None and (len(chunks) > 1 or rows > per // 2):
+            self._spare = _prefault(per, self.dim)   # a whole chunk ahead, or half of the first
 
     def _full_chunk(self) -> np.ndarray:
         """A zeroed chunk of ``_chunk_rows`` rows: the prefaulted spare if it is ready (never
