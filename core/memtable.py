@@ -219,6 +219,14 @@ class Memtable:
         if self._spare is None and (len(chunks) > 1 or rows > per // 2):
             self._spare = _prefault(per, self.dim)   # a whole chunk ahead, or half of the first
 
+    def drop_spare(self) -> None:
+        """Let go of the prefaulted next chunk (called when the memtable is frozen: it takes no
+        more rows, and the spare would hold ~16 MB until the flush ends)."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.cancel()
+
     def _full_chunk(self) -> np.ndarray:
         """A zeroed chunk of ``_chunk_rows`` rows: the prefaulted spare if it is ready (never
         waited for), else a new one whose pages map as rows are written."""

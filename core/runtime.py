@@ -313,6 +313,7 @@ class CollectionRuntime:
                     return None
                 self.wal.rotate()
                 active.flush_reason = reason
+                active.drop_spare()
                 active.freeze_seconds = time.perf_counter() - started
                 self.memtables = [Memtable(self.dim, self.metric)] + self.memtables
             finally:

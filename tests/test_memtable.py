@@ -105,3 +105,13 @@ def test_a_large_memtable_grows_without_copying_its_full_chunks():
     assert all(a is b for a, b in zip(full, mt._chunks[:2]))      # the same arrays, not copies
     assert [len(c) for c in mt._chunks[:-1]] == [100] * 7 and len(mt) == 750
     assert mt.get("a249").vector.tolist() == [1.0] * 4 and mt.get("b499").vector.tolist() == [2.0] * 4
+
+
+def test_a_frozen_memtable_lets_go_of_its_prefaulted_chunk():
+    mt = Memtable(4, "l2", chunk_rows=100)
+    mt.apply(WalBatch(OP_INSERT, 1, [f"a{i}" for i in range(150)], np.ones((150, 4), dtype=np.float32)))
+    assert mt._spare is not None            # a second chunk in use: the third is being mapped
+    mt.drop_spare()
+    assert mt._spare is None
+    mt.apply(WalBatch(OP_INSERT, 151, [f"b{i}" for i in range(100)], np.ones((100, 4), dtype=np.float32)))
+    assert len(mt) == 250 and mt.get("b99") is not None
