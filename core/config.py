@@ -48,7 +48,9 @@ CORE_KEYS: Dict[str, Tuple[ConfigKey, ...]] = {
         ConfigKey("check_interval", "duration", 0.1, "How often background maintenance asks the flush "
                   "policies (it also asks after every write).", unit="seconds", threshold=True,
                   minimum=0.001),
-        ConfigKey("workers", "int", 2, "Worker threads running flushes and compactions off the write path.",
+        ConfigKey("workers", "int", 2, "Worker threads running flushes and compactions off the write path. "
+                  "Storage work (merges, index builds) runs on at most workers - 1 of them (at least one), "
+                  "so that a flush always finds a worker at once, even while long index builds run.",
                   unit="threads", minimum=1, maximum=64),
         ConfigKey("worker_nice", "int", 10, "Linux nice value of the worker threads (the threads they start, "
                   "such as faiss's for index builds, inherit it), so that on a busy CPU writers and searches "

@@ -39,6 +39,11 @@ class FlushLog:
         self.checkpoint_failures = 0
         self.last_error: Optional[str] = None
 
+    @property
+    def total(self) -> int:
+        """Flushes that succeeded."""
+        return sum(dict(self.by_policy).values())   # one C call copies it (see to_dict)
+
     def to_dict(self) -> dict:
         # Copies first, each made in one C call that a worker's append cannot interleave with:
         # iterating the live deque in Python raises "deque mutated during iteration" when a

@@ -65,6 +65,13 @@ class Maintenance:
         self._lock = threading.Lock()
         self._running: Dict[str, Future] = {}          # collection -> flush future
         self._storage_running: Dict[str, Future] = {}  # collection -> storage maintain() future
+        # Storage work (merges, index builds) runs on at most workers - 1 workers, so one is always
+        # free for flushes: a maintain() can run for seconds, and flushes queued behind two of them
+        # kept writers held at global_memory_limit waiting for those seconds.
+        self._storage_slots = max(1, settings["workers"] - 1)
+        self._storage_turn = 0    # where the next search for a collection to maintain starts
+        self._storage_seen: Dict[str, int] = {}   # collection -> its flushes when its storage job started
+        self._storage_failed: Set[str] = set()     # collections whose last storage job failed
         self._retry_at: Dict[str, float] = {}
         self._paused = False
         self.ticks = 0
@@ -156,34 +163,78 @@ class Maintenance:
             self._retry_at.pop(name, None)
         self.wake()  # memory freed, or more may be due or frozen meanwhile
 
-    def _submit_storage_work(self) -> None:
-        for rt in self.db.runtimes():
-            with self._lock:
+    def _storage_due(self, name: str, *, retries: bool = True) -> bool:
+        """Whether collection ``name`` may have storage work (merges, index builds): it flushed
+        since its last storage job started, or has had none since open, or (``retries``) the last
+        one failed. A storage job runs its collection's work to a fixed point, so only a flush
+        adds more."""
+        if retries and name in self._storage_failed:
+            return True
+        flush_log = self.db.flush_logs.get(name)
+        return flush_log is None or self._storage_seen.get(name) != flush_log.total
+
+    def _submit_storage_work(self) -> int:
+        """Start storage work for collections that may have some and have none running, while
+        a storage slot is free; the search starts after the collection served last, so each gets
+        its turn. Returns how many jobs started."""
+        runtimes = self.db.runtimes()
+        started = 0
+        with self._lock:
+            busy = sum(1 for f in self._storage_running.values() if not f.done())
+            start = self._storage_turn
+            for i in range(len(runtimes)):
+                if busy >= self._storage_slots:
+                    break
+                at = (start + i) % len(runtimes)
+                rt = runtimes[at]
                 running = self._storage_running.get(rt.name)
-                if running is not None and not running.done():
+                if (running is not None and not running.done()) or not self._storage_due(rt.name):
                     continue
+                flush_log = self.db.flush_logs.get(rt.name)
+                self._storage_seen[rt.name] = flush_log.total if flush_log is not None else 0
                 self._storage_running[rt.name] = self._submit(self._storage_job, rt)
+                self._storage_turn = at + 1
+                busy += 1
+                started += 1
+        return started
 
     def _storage_job(self, rt: Any) -> None:
         try:
             for result in rt.store.maintain():
                 self.db.compaction_finished(rt.name, result)
         except Exception as exc:  # reported in stats and retried on a later tick; data is untouched
+            with self._lock:
+                self._storage_failed.add(rt.name)
             log.error("background storage work on %s failed: %s", rt.name, exc)
             self.errors.append(f"{rt.name}: {type(exc).__name__}: {exc}")
+            return
+        with self._lock:
+            self._storage_failed.discard(rt.name)
+        self.wake()  # a storage slot is free: another collection may be waiting for it
 
     # -- waiting and stopping -------------------------------------------------------------------
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until no flush or storage job is running (tests and benchmarks)."""
+        """Wait until no flush or storage job is running and, unless paused, no collection has
+        storage work waiting for a slot (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
                 futures = [f for f in list(self._running.values()) + list(self._storage_running.values())
                            if not f.done()]
-            if not futures:
+            if futures:
+                wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+                continue
+            if self._paused or self._stop.is_set():
                 return True
-            wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                due = any(self._storage_due(rt.name, retries=False) for rt in self.db.runtimes())
+            if not due:
+                return True
+            try:
+                self._submit_storage_work()
+            except _PoolShutDown:
+                return True
         return False
 
     def stop(self, timeout: float) -> None:

@@ -158,6 +158,43 @@ def test_writer_flood_never_takes_memtables_past_the_memory_limit(tmp_path):
         assert overhead < limit + 400_000_000, f"RSS grew by {overhead / 1e6:.0f} MB under a 64 MB memtable limit"
 
 
+
+def test_a_flush_is_not_queued_behind_storage_work_of_other_collections(tmp_path):
+    """Storage work (here index builds slowed to 2 s each by their fsync) runs on at most
+    workers - 1 workers, so a collection that must flush finds a worker at once; every
+    collection's storage work still gets done."""
+    fs = FailingFileSystem("*.faiss")
+    fs.fsync_delay = 2.0
+    slow = threading.Event()
+    fsync = fs._fsync
+
+    def noting_fsync(handle):
+        if fs._matches(handle.path):
+            slow.set()
+        fsync(handle)
+    fs._fsync = noting_fsync
+    cfg = {**CONFIG, "maintenance": {**CONFIG["maintenance"], "workers": 2},
+           "storage": {"viper": {"indexing_threshold": 50, "auto_compaction": False}}}
+    with proxistore.open(tmp_path / "db", cfg, fs=fs) as db:
+        a, b, c = (db.create_collection(n, dim=32) for n in "abc")
+        a.insert([f"a{i}" for i in range(300)], rows(300, seed=1))
+        b.insert([f"b{i}" for i in range(300)], rows(300, seed=2))
+        assert slow.wait(5), "no index build started"
+        time.sleep(0.2)    # both a's and b's storage jobs have been scheduled by now
+        started = time.monotonic()
+        c.insert([f"c{i}" for i in range(300)], rows(300, seed=3))
+        while db.stats()["collections"]["c"]["flushes"]["total"] == 0 and time.monotonic() - started < 10:
+            time.sleep(0.01)
+        waited = time.monotonic() - started
+        assert db.stats()["collections"]["c"]["flushes"]["total"] >= 1
+        assert waited < 1.0, f"c's flush waited {waited:.2f}s behind storage work"
+        fs.fsync_delay = 0.0
+        assert db.wait_idle(60)
+        for name in "abc":
+            st = db.stats()["collections"][name]["storage"]
+            assert st["segments"] >= 1 and st["indexed_segments"] == st["segments"], (name, st)
+
+
 _EXIT_WITHOUT_CLOSE = """
 import sys
 import numpy as np
