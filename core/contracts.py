@@ -295,8 +295,18 @@ class CollectionStore(abc.ABC):
         return {}
 
     def maintain(self) -> List[CompactionResult]:
-        """Background work the engine's own thresholds call for (index builds, compaction)."""
+        """Background work the engine's own thresholds call for (index builds, compaction).
+
+        The core gives all collections' storage work a share of its workers in turns; an engine
+        may stop after a bounded turn and report what is left through
+        :meth:`has_background_work`, so that one busy collection does not keep the others
+        waiting."""
         return []
+
+    def has_background_work(self) -> bool:
+        """Whether :meth:`maintain` has work left (asked between turns and by ``wait_idle``).
+        False by default: the core then calls ``maintain()`` again only after a flush."""
+        return False
 
     def compact(self) -> Optional[CompactionResult]:
         """Compact and index now, and wait."""

@@ -163,15 +163,16 @@ class Maintenance:
             self._retry_at.pop(name, None)
         self.wake()  # memory freed, or more may be due or frozen meanwhile
 
-    def _storage_due(self, name: str, *, retries: bool = True) -> bool:
-        """Whether collection ``name`` may have storage work (merges, index builds): it flushed
-        since its last storage job started, or has had none since open, or (``retries``) the last
-        one failed. A storage job runs its collection's work to a fixed point, so only a flush
-        adds more."""
-        if retries and name in self._storage_failed:
+    def _storage_due(self, rt: Any, *, retries: bool = True) -> bool:
+        """Whether collection ``rt`` may have storage work (merges, index builds): it flushed
+        since its last storage job started, or has had none since open, or its engine says work
+        is left (a turn ended), or (``retries``) the last job failed."""
+        if rt.name in self._storage_failed:
+            return retries
+        flush_log = self.db.flush_logs.get(rt.name)
+        if flush_log is None or self._storage_seen.get(rt.name) != flush_log.total:
             return True
-        flush_log = self.db.flush_logs.get(name)
-        return flush_log is None or self._storage_seen.get(name) != flush_log.total
+        return bool(getattr(rt.store, "has_background_work", lambda: False)())
 
     def _submit_storage_work(self) -> int:
         """Start storage work for collections that may have some and have none running, while
@@ -188,7 +189,7 @@ class Maintenance:
                 at = (start + i) % len(runtimes)
                 rt = runtimes[at]
                 running = self._storage_running.get(rt.name)
-                if (running is not None and not running.done()) or not self._storage_due(rt.name):
+                if (running is not None and not running.done()) or not self._storage_due(rt):
                     continue
                 flush_log = self.db.flush_logs.get(rt.name)
                 self._storage_seen[rt.name] = flush_log.total if flush_log is not None else 0
@@ -210,7 +211,6 @@ class Maintenance:
             return
         with self._lock:
             self._storage_failed.discard(rt.name)
-        self.wake()  # a storage slot is free: another collection may be waiting for it
 
     # -- waiting and stopping -------------------------------------------------------------------
 
@@ -228,13 +228,14 @@ class Maintenance:
             if self._paused or self._stop.is_set():
                 return True
             with self._lock:
-                due = any(self._storage_due(rt.name, retries=False) for rt in self.db.runtimes())
+                due = any(self._storage_due(rt, retries=False) for rt in self.db.runtimes())
             if not due:
                 return True
             try:
                 self._submit_storage_work()
             except _PoolShutDown:
                 return True
+            time.sleep(0.01)   # a maintain() that cannot run now (compact() holds it) returns at once
         return False
 
     def stop(self, timeout: float) -> None:

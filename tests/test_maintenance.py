@@ -195,6 +195,36 @@ def test_a_flush_is_not_queued_behind_storage_work_of_other_collections(tmp_path
             assert st["segments"] >= 1 and st["indexed_segments"] == st["segments"], (name, st)
 
 
+
+def test_storage_work_of_collections_runs_in_turns(tmp_path, monkeypatch):
+    """One collection with a backlog of index builds does not keep the storage worker to itself:
+    its maintain() ends after a turn (here: one build) and another collection's work goes next."""
+    from proxistore.plugins.viper import maintenance as viper_maintenance
+    monkeypatch.setattr(viper_maintenance, "MAINTAIN_TURN_SECONDS", 0.0)
+    fs = FailingFileSystem("*.faiss")
+    fs.fsync_delay = 0.4
+    cfg = {**CONFIG, "flush": {"policies": ["manual"]}, "maintenance": {**CONFIG["maintenance"], "workers": 2},
+           "storage": {"viper": {"indexing_threshold": 50, "auto_compaction": False}}}
+    with proxistore.open(tmp_path / "db", cfg, fs=fs) as db:
+        a, b = db.create_collection("a", dim=32), db.create_collection("b", dim=32)
+        for k in range(8):
+            a.insert([f"a{k}-{i}" for i in range(100)], rows(100, seed=k))
+            db.flush("a")                                 # 8 segments, each needing an index
+        b.insert([f"b{i}" for i in range(100)], rows(100, seed=99))
+        db.flush("b")
+        deadline = time.monotonic() + 20
+        while db.stats()["collections"]["b"]["storage"]["indexed_segments"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        a_indexed = db.stats()["collections"]["a"]["storage"]["indexed_segments"]
+        assert db.stats()["collections"]["b"]["storage"]["indexed_segments"] == 1
+        assert a_indexed <= 3, f"b waited for {a_indexed} of a's 8 index builds"
+        fs.fsync_delay = 0.0
+        assert db.wait_idle(60)
+        for name in "ab":
+            st = db.stats()["collections"][name]["storage"]
+            assert st["indexed_segments"] == st["segments"] >= 1, (name, st)
+
+
 _EXIT_WITHOUT_CLOSE = """
 import sys
 import numpy as np

@@ -69,3 +69,30 @@ def test_a_build_whose_segment_a_merge_takes_is_dropped_and_the_merge_runs(tmp_p
     v = np.concatenate([vectors(400), vectors(400, seed=5)])
     want = np.argsort(((q[:, None, :] - v[None]) ** 2).sum(-1), axis=1)[:, :5]
     assert (hits.ids == np.array(ids(800), dtype=object)[want]).all()
+
+
+def test_a_background_maintain_ends_its_turn_and_says_what_is_left(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm, "MAINTAIN_TURN_SECONDS", 0.0)     # every turn: at least one build, no more
+    engine, store = open_store(tmp_path, indexing_threshold=100, auto_compaction=False)
+    for i in range(3):
+        store.write_segment(make_rows(ids(200, 200 * i), vectors(200, seed=i), 1 + 200 * i))
+    assert store.has_background_work()
+    turns = 0
+    while store.has_background_work():
+        store.maintain()
+        turns += 1
+        assert store.stats()["indexed_segments"] == turns
+    assert turns == 3
+    assert store.maintain() == [] and not store.has_background_work()
+
+
+def test_a_due_merge_is_background_work_until_maintain_runs_it(tmp_path):
+    engine, store = open_store(tmp_path, indexing_threshold=100_000, compaction_min_segments=4,
+                               compaction_base_rows=100, compaction_target_rows=100_000)
+    for i in range(3):
+        store.write_segment(make_rows(ids(10, 10 * i), vectors(10, seed=i), 1 + 10 * i))
+    assert not store.has_background_work()                # three tier-0 segments: no merge yet
+    store.write_segment(make_rows(ids(10, 30), vectors(10, seed=3), 31))
+    assert store.has_background_work()
+    assert [r.segments_in for r in store.maintain()] == [4]
+    assert not store.has_background_work() and store.stats()["segments"] == 1

@@ -41,6 +41,12 @@ from .snapshot import SegmentView
 #: parallel all the same).
 BACKGROUND_CHUNK_ROWS = 1024
 
+#: A background ``maintain()`` starts no further index build after this many seconds: it returns,
+#: and ``has_background_work()`` tells the core to give it another turn after the other
+#: collections have had theirs (under a steady ingest, merges keep making segments to index, and
+#: one collection's maintain() would otherwise keep the core's storage worker to itself).
+MAINTAIN_TURN_SECONDS = 2.0
+
 
 class _Superseded(Exception):
     """A merge that ran between two chunks of an index build took the segment being indexed."""
@@ -57,14 +63,17 @@ class Maintenance:
     def maintain(self: "ViperCollection") -> List[CompactionResult]:
         """Merges the size tiers call for, then missing index builds; returns the merges run.
 
-        Returns at once (nothing done) when another maintain() or compact() is running.
+        One turn: after :data:`MAINTAIN_TURN_SECONDS` it starts no further merge or build (at
+        least one of each runs) and :meth:`has_background_work` says what is left. Returns at
+        once (nothing done) when another maintain() or compact() is running.
         """
         if not self._maintain_lock.acquire(blocking=False):
             return []
         results: List[CompactionResult] = []
         try:
-            self._merge_due(results)
-            self._build_indexes(background=results)
+            until = time.monotonic() + MAINTAIN_TURN_SECONDS
+            self._merge_due(results, until=until)
+            self._build_indexes(background=results, until=until)
         except BuildCancelled:
             pass  # closing: what was written and not committed is an orphan, removed on open
         finally:
@@ -72,13 +81,17 @@ class Maintenance:
         return results
 
     def _merge_due(self: "ViperCollection", results: List[CompactionResult],
-                   building: Optional[str] = None) -> None:
-        """Run the size-tiered merges due now, to a fixed point (when auto_compaction is on).
-        ``building``: the segment whose index is being built; a merge that takes it raises
-        :class:`_Superseded` before it starts."""
+                   building: Optional[str] = None, until: Optional[float] = None) -> None:
+        """Run the size-tiered merges due now, to a fixed point (when auto_compaction is on),
+        or start none after ``until`` (time.monotonic()) once one is done. ``building``: the
+        segment whose index is being built; a merge that takes it raises :class:`_Superseded`
+        before it starts."""
         if not self.settings.auto_compaction:
             return
+        merged = 0
         while not self._compact_waiting and not self._stopping.is_set():
+            if merged and until is not None and time.monotonic() >= until:
+                return
             plan = plan_size_tiered(self._state.views, self.settings)
             if plan is None:
                 return
@@ -87,6 +100,7 @@ class Maintenance:
                 raise _Superseded(building)
             small = sum(v.entry.live_rows for v in group) <= BACKGROUND_CHUNK_ROWS
             results.append(self._merge(group, reason, with_index=small))
+            merged += 1
 
     def stop_background(self: "ViperCollection") -> None:
         """Make a running maintain() stop at its next safe point (between index chunks)."""
@@ -191,12 +205,23 @@ class Maintenance:
             return True
         return view.data.index_broken(e.index)
 
+    def has_background_work(self: "ViperCollection") -> bool:
+        """Whether a segment needs an index, or (with auto_compaction) a merge is due."""
+        views = self._state.views
+        if any(self._needs_index(v) for v in views):
+            return True
+        return self.settings.auto_compaction and plan_size_tiered(views, self.settings) is not None
+
     def _build_indexes(self: "ViperCollection", *,
-                       background: Optional[List[CompactionResult]] = None) -> int:
+                       background: Optional[List[CompactionResult]] = None,
+                       until: Optional[float] = None) -> int:
         """Build every missing index. ``background`` (maintain()): stop when compact() waits,
-        and between chunks run the merges that became due, appending them to that list."""
+        and between chunks run the merges that became due, appending them to that list; start
+        no build after ``until`` (time.monotonic()) once one is done."""
         built = 0
         while not self._stopping.is_set() and not (background is not None and self._compact_waiting):
+            if built and until is not None and time.monotonic() >= until:
+                break
             view = next((v for v in self._state.views if self._needs_index(v)), None)
             if view is None:
                 break
