@@ -172,7 +172,7 @@ class Maintenance:
         flush_log = self.db.flush_logs.get(rt.name)
         if flush_log is None or self._storage_seen.get(rt.name) != flush_log.total:
             return True
-        return bool(getattr(rt.store, "has_background_work", lambda: False)())
+        return bool(rt.store.has_background_work())
 
     def _submit_storage_work(self) -> int:
         """Start storage work for collections that may have some and have none running, while
