@@ -74,8 +74,14 @@ class StorageEngineContract(ContractSuite):
         return os.path.join(root, name)
 
     def settle(self, store: CollectionStore) -> None:
-        """Let the engine do its background work (index builds) now."""
+        """Let the engine do its background work (index builds) now, in as many turns as it
+        says it needs."""
         store.maintain()
+        for _ in range(1000):
+            if not store.has_background_work():
+                return
+            store.maintain()
+        raise AssertionError("has_background_work() still True after 1,000 maintain() turns")
 
     @pytest.fixture
     def root(self, tmp_path: Any) -> str:
@@ -279,6 +285,20 @@ class StorageEngineContract(ContractSuite):
         assert store.count() == 10 and store.flushed_lsn == 10
 
     # -- concurrency --------------------------------------------------------------------------
+
+    def test_background_work_comes_to_an_end_and_keeps_every_row(self, root: str) -> None:
+        engine, store = self.new_store(root)
+        v = self.vectors(120, seed=12)
+        lsn = 1
+        for r in range(6):
+            rows = make_rows([f"id{r * 20 + i}" for i in range(20)], v[r * 20:(r + 1) * 20], lsn)
+            store.write_segment(rows)
+            lsn = rows.max_lsn + 1
+        self.settle(store)
+        assert not store.has_background_work()
+        assert store.maintain() == [] and not store.has_background_work()
+        assert store.count() == 120
+        assert sorted(store.existing([f"id{i}" for i in range(130)])) == sorted(f"id{i}" for i in range(120))
 
     def test_search_during_concurrent_write_segment_never_errors(self, root: str) -> None:
         engine, store = self.new_store(root)
