@@ -48,6 +48,10 @@ class Catalog:
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
 
+    def file_path(self, name: str, filename: str) -> str:
+        """Where the core keeps a file of its own with ``name``'s record (dropped with it)."""
+        return os.path.join(self._path(name), filename)
+
     def names(self) -> List[str]:
         return [n for n in self.fs.listdir(self.root) if not n.startswith(".")]
 

@@ -64,7 +64,9 @@ CORE_KEYS: Dict[str, Tuple[ConfigKey, ...]] = {
         ConfigKey("close_timeout", "duration", 60.0, "How long close() waits for running flushes before "
                   "raising CloseTimeout (acknowledged writes stay recoverable from the WAL).",
                   unit="seconds", minimum=0.0),
-        ConfigKey("flush_history", "int", 100, "How many recent flushes stats() keeps, with their reasons.",
+        ConfigKey("flush_history", "int", 100, "How many recent flush attempts stats() and `proxistore stats` show per collection, with "
+                  "their reasons; they are also kept in collections/<name>/flushes.jsonl, so they survive a "
+                  "restart (that file is not fsynced: it is a record, not data).",
                   unit="flushes", minimum=1),
     ),
 }

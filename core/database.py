@@ -28,6 +28,7 @@ from .errors import (CollectionExists, CollectionNotFound, DataDirectoryError, D
 from .events import CompactionEvent, RecoveryEvent
 from .fileio import FileSystem, default_filesystem
 from .flush import FlushLog, drain, freeze_for
+from .flush_history import HISTORY_FILE, FlushHistory
 from .jsonable import jsonable
 from .lock import DirectoryLock
 from .maintenance import Maintenance
@@ -132,7 +133,7 @@ class Database:
         rt = CollectionRuntime(self, info, settings, wal, store)
         _, max_lsn = rt.replay()
         self._runtimes[name] = rt
-        self.flush_logs[name] = FlushLog(self.config.maintenance["flush_history"])
+        self.flush_logs[name] = self._new_flush_log(name)
         self.compactions[name] = []
         event = RecoveryEvent(name, wal.recovery)
         rt.recovery = event.to_dict()
@@ -140,6 +141,10 @@ class Database:
             log.warning("recovered %s: %s", name, rt.recovery)
         self.registry.notify("proxistore_wal_recovered", event)
         return max(max_lsn, store.flushed_lsn)
+
+    def _new_flush_log(self, name: str) -> FlushLog:
+        keep = self.config.maintenance["flush_history"]
+        return FlushLog(keep, FlushHistory(self.fs, self.catalog.file_path(name, HISTORY_FILE), keep))
 
     # -- collections -------------------------------------------------------------------------
 
@@ -189,7 +194,7 @@ class Database:
             store = self.storage.open_collection(info, settings["storage"][self.config.storage_spec.name])
             rt = CollectionRuntime(self, info, settings, self.wal.open_collection(name), store)
             rt.replay()
-            self.flush_logs[name] = FlushLog(self.config.maintenance["flush_history"])
+            self.flush_logs[name] = self._new_flush_log(name)
             self.compactions[name] = []
             self._runtimes[name] = rt
         return Collection(self, name)
@@ -259,7 +264,8 @@ class Database:
         """Flush one collection (or all) now; returns once data is in storage and the WAL truncated.
 
         Answered by the enabled policy that takes explicit requests (``manual``). Returns the
-        flushes this call performed, each with its reason.
+        flushes that wrote what this call asked for (a background worker may have done one of
+        them while the call waited), each with its reason.
         """
         self._check_open()
         names = [self._runtime(name).name] if name is not None else self.collections()
@@ -272,8 +278,11 @@ class Database:
                 raise PolicyNotEnabled(f"no enabled flush policy answers explicit flush requests; add "
                                        f"'manual' to flush.policies (enabled: {self.config.policies})",
                                        key="flush.policies", file=self.config.source)
-            freeze_for(rt, request)
-            done += [e.to_dict() for e in drain(rt, self.registry, self.flush_logs[n])]
+            frozen = freeze_for(rt, request)
+            events = drain(rt, self.registry, self.flush_logs[n])
+            if frozen is not None and all(e is not frozen.flush_event for e in events):
+                events.append(frozen.flush_event)   # a background worker flushed it meanwhile
+            done += [e.to_dict() for e in events]
         return done
 
     def compact(self, name: Optional[str] = None) -> List[Dict[str, Any]]:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from typing import Deque, List, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 from .contracts import FlushRequest
 from .errors import FlushError
 from .events import FlushEvent
+from .flush_history import FlushHistory
 from .memtable import Memtable
 from .registry import Registry
 from .runtime import CollectionRuntime
@@ -29,19 +30,47 @@ log = logging.getLogger("proxistore.flush")
 
 
 class FlushLog:
-    """Counters and the recent flushes of one collection, for ``stats()``."""
+    """Counters of one collection's flushes since open, and its recent flush attempts.
 
-    def __init__(self, keep: int) -> None:
-        self.recent: Deque[FlushEvent] = deque(maxlen=keep)
+    ``recent`` holds each attempt's ``FlushEvent.to_dict()``, newest last. With a
+    :class:`FlushHistory` it starts with the attempts recorded before this open and records each
+    new one on disk too, so the history survives restarts; the counters count this open only.
+    """
+
+    def __init__(self, keep: int, history: Optional[FlushHistory] = None) -> None:
+        self.recent: Deque[Dict[str, Any]] = deque(maxlen=keep)
         self.by_policy: Counter = Counter()
         self.failures = 0
         self.consecutive_failures = 0
         self.checkpoint_failures = 0
         self.last_error: Optional[str] = None
+        self.history = history
+        self.history_errors = 0
+        self.opened_at = time.time()
+        if history is not None:
+            try:
+                self.recent.extend(history.load())
+            except OSError as exc:     # the record is lost, not the data: reported, not fatal
+                self._history_failed("read", exc)
+
+    def record(self, event: FlushEvent) -> None:
+        """Keep ``event`` (a finished attempt, failed or not) in memory and in the history."""
+        self.recent.append(event.to_dict())
+        if self.history is None:
+            return
+        try:
+            self.history.append(self.recent[-1], list(self.recent))
+        except OSError as exc:         # the flush itself is done (or failed on its own account)
+            self._history_failed("append to", exc)
+
+    def _history_failed(self, what: str, exc: OSError) -> None:
+        self.history_errors += 1
+        log.warning("cannot %s the flush history %s (flushes are not affected): %s",
+                    what, self.history.path if self.history else "", exc)
 
     @property
     def total(self) -> int:
-        """Flushes that succeeded."""
+        """Flushes that succeeded since open."""
         return sum(dict(self.by_policy).values())   # one C call copies it (see to_dict)
 
     def to_dict(self) -> dict:
@@ -51,8 +80,8 @@ class FlushLog:
         recent, by_policy = list(self.recent), dict(self.by_policy)
         return {"total": sum(by_policy.values()), "by_policy": by_policy,
                 "failures": self.failures, "checkpoint_failures": self.checkpoint_failures,
-                "last_error": self.last_error,
-                "last": [e.to_dict() for e in recent]}
+                "last_error": self.last_error, "counted_since": self.opened_at,
+                "history_errors": self.history_errors, "last": recent}
 
 
 def freeze_for(rt: CollectionRuntime, request: FlushRequest) -> Optional[Memtable]:
@@ -92,6 +121,7 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, registry: Registry, flush_lo
         flush_log.failures += 1
         flush_log.consecutive_failures += 1
         flush_log.last_error = event.error
+        flush_log.record(event)
         log.error("flush of %s failed (attempt %d, %s); memtable and WAL kept: %s",
                   rt.name, event.attempt, request.describe(), event.error)
         registry.notify("proxistore_flush_finished", event)
@@ -118,7 +148,8 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, registry: Registry, flush_lo
     event.segment = result.segment
     event.flushed_lsn = rows.max_lsn
     event.seconds = time.perf_counter() - started
-    flush_log.recent.append(event)
+    frozen.flush_event = event
+    flush_log.record(event)
     flush_log.by_policy[request.policy] += 1
     flush_log.consecutive_failures = 0
     log.info("flushed %s: %d rows, %d deletes, %d bytes to %s in %.3fs (%s); phases %s",

@@ -241,6 +241,26 @@ def test_why_flush_and_stats_tell_where_the_rows_are_and_why(tmp_path, files):
     assert "nothing to flush" in cli("--data", d, "stats", "--why", "v").stdout
 
 
+def test_stats_shows_the_flushes_of_an_earlier_process_with_their_reasons(tmp_path):
+    d = tmp_path / "d"
+    with proxistore.open(d, {"flush": {"size": {"memory_flush_size_bytes": "20kB"}}}) as db:
+        col = db.create_collection("v", dim=DIM)
+        col.insert([f"r{i}" for i in range(1000)], vectors(1000, 3))
+        assert db.wait_idle(30)
+        written = db.stats()["collections"]["v"]["flushes"]["total"]
+    assert written >= 1
+
+    stats = cli_json("--data", d, "stats", "v")
+    assert stats["flushes"]["total"] == 0            # the counters are this process's
+    size = [e for e in stats["flushes"]["last"] if e["reason"]["policy"] == "size"]
+    assert len(size) == written and size[0]["reason"]["key"] == "memory_flush_size_bytes"
+    assert size[0]["reason"]["threshold"] == 20_000 and size[0]["segment"]
+    text = cli("--data", d, "stats", "v").stdout
+    assert "last flushes (recorded across restarts)" in text
+    assert "size: memory_flush_size_bytes = 20.00 kB crossed" in text
+    assert "size: memory_flush_size_bytes" in cli("--data", d, "stats").stdout
+
+
 def test_why_on_a_missing_collection_exits_2(data):
     assert "no collection named 'nope'" in cli("--data", data, "stats", "--why", "nope", expect=2).stderr
 

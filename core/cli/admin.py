@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from proxistore.config import EffectiveConfig
 
 from .common import FlushRecorder, UsageError, open_database
-from .output import Output, fmt_bytes, fmt_seconds, fmt_value, shorten
+from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
 
 __all__ = ["cmd_flush", "cmd_compact", "cmd_stats", "flush_line", "threshold_units", "flush_counts"]
 
@@ -137,7 +137,8 @@ def _render_database(out: Output, s: Mapping[str, Any]) -> None:
     rows = []
     for name, c in sorted(s["collections"].items()):
         fl = c["flushes"]
-        last = fl["last"][-1]["reason"]["text"] if fl.get("last") else ""
+        last = (f"{fmt_time(fl['last'][-1]['started_at'])} {fl['last'][-1]['reason']['text']}"
+                if fl.get("last") else "")
         by = ", ".join(f"{p} {n}" for p, n in sorted(fl.get("by_policy", {}).items()))
         rows.append([name, f"{c['rows']:,}", f"{c['memtable']['rows']:,}", fmt_bytes(c["memtable"]["bytes"]),
                      fmt_bytes(c["wal"].get("bytes")), _count(c["storage"].get("segments")),
@@ -161,8 +162,13 @@ def _render_collection(out: Output, name: str, c: Mapping[str, Any], units: Mapp
     out.print(f"flushes since open: {fl.get('total', 0)} "
               f"({', '.join(f'{p} {n}' for p, n in sorted(fl.get('by_policy', {}).items())) or 'none'}); "
               f"failures: {fl.get('failures', 0)}" + (f"; last error: {fl['last_error']}" if fl.get("last_error") else ""))
-    for ev in (fl.get("last") or [])[-5:]:
-        out.print(flush_line(ev, units))
+    recent = (fl.get("last") or [])[-5:]
+    if recent:
+        out.print("last flushes (recorded across restarts):")
+    for ev in recent:
+        out.print(f"{fmt_time(ev.get('started_at'))}  {flush_line(ev, units)}")
+    if fl.get("history_errors"):
+        out.note(f"note: {fl['history_errors']} flush(es) could not be recorded in the flush history file; see the log")
     for comp in c.get("compactions") or []:
         out.print(f"compaction: {_pairs(comp)}")
 

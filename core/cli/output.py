@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from rich.console import Console
@@ -167,6 +168,13 @@ def fmt_seconds(s: Optional[float]) -> str:
     if s < 3600:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+def fmt_time(epoch: Optional[float]) -> str:
+    """A wall-clock moment in local time, to the second (``2026-11-24 18:03:11``)."""
+    if epoch is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(epoch)))
 
 
 def fmt_value(value: Any, unit: Optional[str]) -> str:
