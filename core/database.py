@@ -295,6 +295,7 @@ class Database:
             result = rt.store.compact()
             if result is not None:
                 out.append(self.compaction_finished(n, result).to_dict())
+        self.maintenance.release_heap()
         return out
 
     def compaction_finished(self, name: str, result: CompactionResult) -> CompactionEvent:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set
 from .contracts import FlushPolicy
 from .errors import CloseTimeout, FlushError
 from .flush import drain, freeze_for
+from .heap import release_free_heap
 
 __all__ = ["Maintenance"]
 
@@ -75,6 +76,8 @@ class Maintenance:
         self._retry_at: Dict[str, float] = {}
         self._paused = False
         self.ticks = 0
+        self.heap_releases = 0
+        self.heap_release_seconds = 0.0
         self.errors: List[str] = []
         self._thread = threading.Thread(target=self._loop, name="proxistore-maintenance", daemon=True)
 
@@ -203,6 +206,7 @@ class Maintenance:
         try:
             for result in rt.store.maintain():
                 self.db.compaction_finished(rt.name, result)
+            self.release_heap()
         except Exception as exc:  # reported in stats and retried on a later tick; data is untouched
             with self._lock:
                 self._storage_failed.add(rt.name)
@@ -211,6 +215,13 @@ class Maintenance:
             return
         with self._lock:
             self._storage_failed.discard(rt.name)
+
+    def release_heap(self) -> None:
+        """After a storage turn (merges, index builds): give the buffers it freed back to the OS."""
+        seconds = release_free_heap()
+        with self._lock:
+            self.heap_releases += 1
+            self.heap_release_seconds += seconds
 
     # -- waiting and stopping -------------------------------------------------------------------
 
@@ -260,4 +271,5 @@ class Maintenance:
             backoff = {n: round(t - time.monotonic(), 3) for n, t in self._retry_at.items()
                        if t > time.monotonic()}
         return {"ticks": self.ticks, "check_interval": self.check_interval, "paused": self._paused,
-                "flushing": running, "retry_in_seconds": backoff, "errors": self.errors[-10:]}
+                "flushing": running, "retry_in_seconds": backoff, "errors": self.errors[-10:],
+                "heap_releases": self.heap_releases, "heap_release_seconds": self.heap_release_seconds}
