@@ -402,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             detail=f"{np.median(beyond) / 64:.2f}x of 64 MB: normalised copies, memtables (frozen ones too), "
                    f"merge/index-build/encode buffers, allocator retention; RSS after the flood settled: "
                    f"{(r0['end_rss'] - r0['baseline_rss']) / mb:,.0f} MB over baseline; freed heap handed back "
-                   f"after {r0['heap_releases']} storage turns in {r0['heap_release_seconds'] * 1e3:,.1f} ms"))
+                   f"{r0['heap_releases']} times, in {r0['heap_release_seconds'] * 1e3:,.1f} ms in all"))
         figs.append(rep.figure(
             "(4) peak memtable bytes (sampled every 5 ms) vs the 64 MB limit",
             [r["peak_memtable_bytes"] / mb for r in rounds], spec=",.1f", suffix=" MB",
