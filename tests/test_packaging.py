@@ -45,6 +45,18 @@ def test_wheel_contains_proxistore_and_no_top_level_core_or_plugins(wheel_venv):
     names = zipfile.ZipFile(wheel).namelist()
     assert "proxistore/plugins/wal_avro/__init__.py" in names
     assert any(n.startswith("proxistore/demo_data/") for n in names)
+    shipped = {p.name for p in (REPO / "config" / "workloads").glob("*.toml")}
+    assert {n.split("/")[-1] for n in names if n.startswith("proxistore/workloads/")} == shipped
+
+
+def test_installed_wheel_finds_the_shipped_workloads_by_name(wheel_venv, tmp_path):
+    venv, _ = wheel_venv
+    script = ("from proxistore.bench.workload import load_workload, find_workload; "
+              "w = load_workload('incident'); print(find_workload('incident')); "
+              "print(w.data['vectors'], w.ingest['batch_size'])")
+    out = run([venv / "bin" / "python", "-c", script], cwd=str(tmp_path)).stdout.split()
+    assert out[0].startswith(str(venv)) and out[0].endswith("proxistore/workloads/incident.toml")
+    assert out[1:] == ["5000", "100"]
 
 
 def test_installed_wheel_imports_runs_and_finds_the_builtin_plugins(wheel_venv):

@@ -10,9 +10,10 @@ workload file's directory, so ``config/workloads/real.toml`` can point at
 is a :class:`DatasetMissing` error that names the path it looked for.
 
 ``--workload`` takes a path, or a bare name such as ``incident`` that is looked up as
-``NAME.toml`` in ``./config/workloads/`` and then in the ``config/workloads/`` of the checkout
-proxistore is imported from (see :func:`find_workload`). Workload files are not package data:
-an installed wheel runs workloads given by path.
+``NAME.toml`` in ``./config/workloads/`` and then among the shipped workloads: the
+``config/workloads/`` of the checkout proxistore is imported from, which the wheel installs as
+``proxistore/workloads/`` (see :func:`find_workload`). ``real`` needs the dataset beside the
+checkout; installed, it names the path it did not find.
 """
 from __future__ import annotations
 
@@ -158,10 +159,15 @@ class Workload:
 # ------------------------------------------------------------------------------------------------
 
 def workload_dirs() -> List[Path]:
-    """Where a bare workload name is looked up: ./config/workloads, then the checkout's."""
+    """Where a bare workload name is looked up: ./config/workloads, then the shipped ones (the
+    checkout's config/workloads, which an installed wheel carries as proxistore/workloads)."""
     here = Path.cwd() / "config" / "workloads"
-    checkout = Path(__file__).resolve().parents[2] / "config" / "workloads"
-    return [here] + ([checkout] if checkout.resolve() != here.resolve() else [])
+    dirs = [here]
+    for shipped in (Path(__file__).resolve().parents[2] / "config" / "workloads",
+                    Path(__file__).resolve().parents[1] / "workloads"):
+        if shipped.is_dir() and all(shipped.resolve() != d.resolve() for d in dirs):
+            dirs.append(shipped)
+    return dirs
 
 
 def find_workload(spec: Union[str, "os.PathLike[str]"]) -> str:
