@@ -11,7 +11,12 @@ __all__ = ["FlushEvent", "RecoveryEvent", "CompactionEvent"]
 
 @dataclass
 class FlushEvent:
-    """One flush: why it ran, what it wrote, and the seconds of each phase."""
+    """One flush: why it ran, what it wrote, and the seconds of each phase.
+
+    ``seconds`` runs from the start of the segment write to the drop of the flushed memtable.
+    The memtable was frozen earlier, when the policy fired (``phases["freeze"]``), and then
+    waited ``waited_seconds`` for a flush worker (behind older frozen memtables or other work).
+    """
 
     collection: str
     reason: FlushRequest
@@ -24,6 +29,7 @@ class FlushEvent:
     wal_bytes_freed: int = 0
     phases: Dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    waited_seconds: float = 0.0
     error: Optional[str] = None
     checkpoint_error: Optional[str] = None
     attempt: int = 1

@@ -110,6 +110,8 @@ def _flush(rt: CollectionRuntime, frozen: Memtable, registry: Registry, flush_lo
     event = FlushEvent(collection=rt.name, reason=request, started_at=time.time(),
                        attempt=flush_log.consecutive_failures + 1)
     event.phases["freeze"] = frozen.freeze_seconds
+    if frozen.frozen_at is not None:
+        event.waited_seconds = max(0.0, time.monotonic() - frozen.frozen_at)
     registry.notify("proxistore_flush_started", event)
     try:
         rows = frozen.to_segment_rows()

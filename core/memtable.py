@@ -109,6 +109,7 @@ class Memtable:
         self.first_write_at: Optional[float] = None  # time.monotonic() of the oldest row
         self.flush_reason: Any = None   # the FlushRequest it was frozen for
         self.freeze_seconds = 0.0
+        self.frozen_at: Optional[float] = None   # time.monotonic() when it was frozen
         self.flush_event: Any = None    # the FlushEvent that wrote it to storage, once one has
         self._meta_table = None  # cached pyarrow table of metadata, rebuilt after writes
 

@@ -315,6 +315,7 @@ class CollectionRuntime:
                 active.flush_reason = reason
                 active.drop_spare()
                 active.freeze_seconds = time.perf_counter() - started
+                active.frozen_at = time.monotonic()
                 self.memtables = [Memtable(self.dim, self.metric)] + self.memtables
             finally:
                 self._freezing = False

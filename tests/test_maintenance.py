@@ -112,6 +112,7 @@ def test_manual_flush_reports_its_flush_when_a_background_worker_wrote_it(tmp_pa
         done = db.flush("c")      # the worker, still draining, writes this memtable before the call can
         mine = [e for e in done if e["reason"]["policy"] == "manual"]
         assert len(mine) == 1 and mine[0]["rows"] == 10 and mine[0]["segment"], done
+        assert mine[0]["waited_seconds"] > 0.1      # frozen while the worker wrote the older one
         assert col.count() == 210 and db.stats()["collections"]["c"]["memtable"]["rows"] == 0
 
 

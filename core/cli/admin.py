@@ -45,7 +45,8 @@ def flush_reason(reason: Mapping[str, Any], units: Mapping[Tuple[str, str], Opti
 
 
 def flush_line(ev: Mapping[str, Any], units: Mapping[Tuple[str, str], Optional[str]]) -> str:
-    """One flush event as one line: reason, rows, segment, bytes, total and per-phase seconds."""
+    """One flush event as one line: reason, rows, segment, bytes, seconds, the wait for a worker
+    and per-phase seconds."""
     why = flush_reason(ev["reason"], units)
     if ev.get("error"):
         return f"flush of {ev['collection']} FAILED (attempt {ev.get('attempt', 1)}; {why}): {ev['error']}"
@@ -54,7 +55,8 @@ def flush_line(ev: Mapping[str, Any], units: Mapping[Tuple[str, str], Optional[s
         what += f" + {ev['deletes']:,} deletes"
     seg = f"segment {ev['segment']} ({fmt_bytes(ev.get('bytes'))})" if ev.get("segment") else "no new segment"
     phases = ", ".join(f"{name} {fmt_seconds(sec)}" for name, sec in (ev.get("phases") or {}).items())
-    return (f"flush {ev['collection']} [{why}] -> {what}, {seg} in {fmt_seconds(ev.get('seconds'))}"
+    waited = f" after waiting {fmt_seconds(ev['waited_seconds'])}" if ev.get("waited_seconds") else ""
+    return (f"flush {ev['collection']} [{why}] -> {what}, {seg} in {fmt_seconds(ev.get('seconds'))}{waited}"
             + (f"; phases: {phases}" if phases else ""))
 
 
