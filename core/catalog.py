@@ -17,7 +17,7 @@ from .contracts import CollectionInfo
 from .errors import DataDirectoryError
 from .fileio import FileSystem
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "CATALOG_DIR", "collection_file"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,10 +33,16 @@ def _io(fn: F) -> F:
             raise DataDirectoryError(f"catalog {step} of collection {name!r} in {self.root} failed: {e}") from e
     return wrapper  # type: ignore[return-value]
 
+CATALOG_DIR = "collections"     # under the data directory
 _INFO = "collection.json"
 _CREATING = ".creating-"
 _DROPPING = ".dropping-"
 FORMAT_VERSION = 1
+
+
+def collection_file(catalog_root: str, name: str, filename: str) -> str:
+    """Where the core keeps a file of its own with ``name``'s record (it is dropped with it)."""
+    return os.path.join(catalog_root, name, filename)
 
 
 class Catalog:
@@ -47,10 +53,6 @@ class Catalog:
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
-
-    def file_path(self, name: str, filename: str) -> str:
-        """Where the core keeps a file of its own with ``name``'s record (dropped with it)."""
-        return os.path.join(self._path(name), filename)
 
     def names(self) -> List[str]:
         return [n for n in self.fs.listdir(self.root) if not n.startswith(".")]

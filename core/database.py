@@ -19,7 +19,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from .admission import Admission
-from .catalog import Catalog
+from .catalog import CATALOG_DIR, Catalog, collection_file
 from .collection import Collection
 from .config import EffectiveConfig, load_config, validate_collection_overrides
 from .contracts import CompactionResult, DatabaseState
@@ -99,7 +99,7 @@ class Database:
         limit = min(limits, key=lambda lim: lim.limit_bytes) if limits else None
         self.maintenance = Maintenance(self, self.policies, cfg.maintenance)
         self.admission = Admission(limit, self.total_memtable_bytes, self.maintenance.wake)
-        self.catalog = Catalog(self.fs, os.path.join(self.path, "collections"))
+        self.catalog = Catalog(self.fs, os.path.join(self.path, CATALOG_DIR))
         self._recover_catalog()
         max_lsn = 0
         for name in self.catalog.names():
@@ -144,7 +144,7 @@ class Database:
 
     def _new_flush_log(self, name: str) -> FlushLog:
         keep = self.config.maintenance["flush_history"]
-        return FlushLog(keep, FlushHistory(self.fs, self.catalog.file_path(name, HISTORY_FILE), keep))
+        return FlushLog(keep, FlushHistory(self.fs, collection_file(self.catalog.root, name, HISTORY_FILE), keep))
 
     # -- collections -------------------------------------------------------------------------
 

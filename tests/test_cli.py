@@ -261,6 +261,25 @@ def test_stats_shows_the_flushes_of_an_earlier_process_with_their_reasons(tmp_pa
     assert "size: memory_flush_size_bytes" in cli("--data", d, "stats").stdout
 
 
+def test_stats_of_a_database_open_in_another_process_shows_the_flushes_it_recorded(tmp_path):
+    d = tmp_path / "d"
+    with proxistore.open(d, {"flush": {"size": {"memory_flush_size_bytes": "20kB"}}}) as db:
+        col = db.create_collection("v", dim=DIM)
+        col.insert([f"r{i}" for i in range(1000)], vectors(1000, 3))
+        assert db.wait_idle(30)
+        recorded = db.stats()["collections"]["v"]["flushes"]["last"]
+        assert recorded
+
+        shown = cli_json("--data", d, "stats")
+        assert "already open by process" in shown["open_elsewhere"]
+        assert shown["collections"]["v"]["flushes"]["last"] == json.loads(json.dumps(recorded))
+        result = cli("--data", d, "stats", "v")
+        assert "size: memory_flush_size_bytes = 20.00 kB crossed" in result.stdout
+        assert "only the flushes recorded on disk are shown" in result.stderr
+        assert "no collection named 'w'" in cli("--data", d, "stats", "w", expect=2).stderr
+        assert "already open" in cli("--data", d, "stats", "--why", "v", expect=1).stderr
+
+
 def test_why_on_a_missing_collection_exits_2(data):
     assert "no collection named 'nope'" in cli("--data", data, "stats", "--why", "nope", expect=2).stderr
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from proxistore.config import EffectiveConfig
+from proxistore.catalog import CATALOG_DIR, collection_file
+from proxistore.config import EffectiveConfig, load_config
+from proxistore.errors import DatabaseLocked
+from proxistore.fileio import default_filesystem
+from proxistore.flush_history import HISTORY_FILE, FlushHistory
 
 from .common import FlushRecorder, UsageError, open_database
 from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
@@ -117,7 +122,13 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         why = args.collection
     elif why and args.collection and why != args.collection:
         raise UsageError(f"name the collection once: `stats --why {why}`")
-    with open_database(args) as db:
+    try:
+        db = open_database(args)
+    except DatabaseLocked as locked:
+        if why:     # --why measures the live memtable, which only the owning process has
+            raise
+        return _recorded_flushes(args, locked, out)
+    with db:
         if why:
             db.collection(why)  # CollectionNotFound names the collections that exist
             return _why(db, why, out)
@@ -129,6 +140,36 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
             out.emit(col, lambda: _render_collection(out, args.collection, col, units))
             return 0
     out.emit(stats, lambda: _render_database(out, stats))
+    return 0
+
+
+def _recorded_flushes(args: argparse.Namespace, locked: DatabaseLocked, out: Output) -> int:
+    """What ``stats`` shows while another process has the database open: the flushes each
+    collection recorded on disk (read without the lock; a torn last line is skipped)."""
+    cfg = load_config(args.config)
+    keep = cfg.maintenance["flush_history"]
+    root = os.path.join(args.data, CATALOG_DIR)
+    names = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
+    if args.collection:
+        if args.collection not in names:
+            raise UsageError(f"no collection named {args.collection!r} in {args.data!r}; "
+                             f"collections: {names or 'none'}")
+        names = [args.collection]
+    fs = default_filesystem()
+    cols = {n: {"flushes": {"last": FlushHistory(fs, collection_file(root, n, HISTORY_FILE), keep).load()}}
+            for n in names}
+    result = {"path": args.data, "open_elsewhere": str(locked), "collections": cols}
+
+    def render() -> None:
+        out.note(f"only the flushes recorded on disk are shown: {locked}")
+        units = threshold_units(cfg)
+        for name, c in cols.items():
+            recent = c["flushes"]["last"][-5:]
+            out.heading(f"collection {name}: " + ("no flush recorded" if not recent else
+                                                   f"last {len(recent)} of the recorded flushes"))
+            for ev in recent:
+                out.print(f"{fmt_time(ev.get('started_at'))}  {flush_line(ev, units)}")
+    out.emit(result, render)
     return 0
 
 
