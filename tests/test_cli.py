@@ -241,12 +241,17 @@ def test_why_flush_and_stats_tell_where_the_rows_are_and_why(tmp_path, files):
     assert "nothing to flush" in cli("--data", d, "stats", "--why", "v").stdout
 
 
+def open_after_size_flushes(path):
+    """A database whose collection ``v`` the size policy (at 20 kB) has flushed, still open."""
+    db = proxistore.open(path, {"flush": {"size": {"memory_flush_size_bytes": "20kB"}}})
+    db.create_collection("v", dim=DIM).insert([f"r{i}" for i in range(1000)], vectors(1000, 3))
+    assert db.wait_idle(30)
+    return db
+
+
 def test_stats_shows_the_flushes_of_an_earlier_process_with_their_reasons(tmp_path):
     d = tmp_path / "d"
-    with proxistore.open(d, {"flush": {"size": {"memory_flush_size_bytes": "20kB"}}}) as db:
-        col = db.create_collection("v", dim=DIM)
-        col.insert([f"r{i}" for i in range(1000)], vectors(1000, 3))
-        assert db.wait_idle(30)
+    with open_after_size_flushes(d) as db:
         written = db.stats()["collections"]["v"]["flushes"]["total"]
     assert written >= 1
 
@@ -263,10 +268,7 @@ def test_stats_shows_the_flushes_of_an_earlier_process_with_their_reasons(tmp_pa
 
 def test_stats_of_a_database_open_in_another_process_shows_the_flushes_it_recorded(tmp_path):
     d = tmp_path / "d"
-    with proxistore.open(d, {"flush": {"size": {"memory_flush_size_bytes": "20kB"}}}) as db:
-        col = db.create_collection("v", dim=DIM)
-        col.insert([f"r{i}" for i in range(1000)], vectors(1000, 3))
-        assert db.wait_idle(30)
+    with open_after_size_flushes(d) as db:
         recorded = db.stats()["collections"]["v"]["flushes"]["last"]
         assert recorded
 
