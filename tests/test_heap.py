@@ -40,13 +40,13 @@ def test_release_free_heap_returns_freed_blocks_to_the_os():
 
 
 def test_background_storage_work_is_followed_by_a_heap_release(tmp_path):
-    cfg = {"flush": {"size": {"memory_flush_size_bytes": "20kB"}},
-           "storage": {"viper": {"compaction_min_segments": 2, "compaction_base_rows": 64}}}
+    cfg = {"storage": {"viper": {"compaction_min_segments": 2, "compaction_base_rows": 64}}}
     with proxistore.open(tmp_path / "db", cfg) as db:
         col = db.create_collection("c", dim=16)
         rng = np.random.default_rng(0)
-        for b in range(6):
+        for b in range(6):      # six segments of one size tier: merges are due
             col.insert([f"{b}-{i}" for i in range(400)], rng.standard_normal((400, 16)).astype(np.float32))
+            db.flush("c")
         assert db.wait_idle(30)
         stats = db.stats()
         assert stats["collections"]["c"]["storage"]["compactions"] >= 1

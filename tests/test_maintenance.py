@@ -103,11 +103,14 @@ def test_data_written_while_flushes_fail_survives_a_crash(tmp_path):
 
 def test_manual_flush_reports_its_flush_when_a_background_worker_wrote_it(tmp_path):
     fs = FailingFileSystem("*.parquet")
-    fs.fsync_delay = 0.3
+    fs.fsync_delay = 0.5
     with proxistore.open(tmp_path / "db", CONFIG, fs=fs) as db:
         col = db.create_collection("c", dim=32)
         col.insert([f"a{i}" for i in range(200)], rows(200))      # 25.6 kB > 20 kB: a slow background flush
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while "c" not in db.stats()["maintenance"]["flushing"]:
+            assert time.monotonic() < deadline, "no background flush started"
+            time.sleep(0.005)
         col.insert([f"b{i}" for i in range(10)], rows(10, seed=1))
         done = db.flush("c")      # the worker, still draining, writes this memtable before the call can
         mine = [e for e in done if e["reason"]["policy"] == "manual"]
