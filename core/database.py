@@ -28,7 +28,7 @@ from .errors import (CollectionExists, CollectionNotFound, DataDirectoryError, D
 from .events import CompactionEvent, RecoveryEvent
 from .fileio import FileSystem, default_filesystem
 from .flush import FlushLog, drain, freeze_for
-from .flush_history import HISTORY_FILE, FlushHistory
+from .history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory, RecentEvents
 from .jsonable import jsonable
 from .lock import DirectoryLock
 from .maintenance import Maintenance
@@ -42,6 +42,7 @@ __all__ = ["Database", "open_database"]
 log = logging.getLogger("proxistore")
 FORMAT_FILE = "proxistore.json"
 FORMAT_VERSION = 1
+COMPACTION_HISTORY = 20     # compactions kept per collection, in stats() and on disk
 
 
 class Database:
@@ -84,7 +85,7 @@ class Database:
         self._ddl_lock = threading.RLock()
         self._runtimes: Dict[str, CollectionRuntime] = {}
         self.flush_logs: Dict[str, FlushLog] = {}
-        self.compactions: Dict[str, List[CompactionEvent]] = {}
+        self.compactions: Dict[str, RecentEvents] = {}
         self.wal = cfg.wal_spec.factory(cfg.wal, fs=self.fs, root=os.path.join(self.path, "wal"))
         root = self.storage_root
         if root.uri and root.local:        # a configured local directory: made durable up front
@@ -133,8 +134,7 @@ class Database:
         rt = CollectionRuntime(self, info, settings, wal, store)
         _, max_lsn = rt.replay()
         self._runtimes[name] = rt
-        self.flush_logs[name] = self._new_flush_log(name)
-        self.compactions[name] = []
+        self._new_event_logs(name)
         event = RecoveryEvent(name, wal.recovery)
         rt.recovery = event.to_dict()
         if wal.recovery.torn_tails or wal.recovery.set_aside:
@@ -142,9 +142,13 @@ class Database:
         self.registry.notify("proxistore_wal_recovered", event)
         return max(max_lsn, store.flushed_lsn)
 
-    def _new_flush_log(self, name: str) -> FlushLog:
-        keep = self.config.maintenance["flush_history"]
-        return FlushLog(keep, FlushHistory(self.fs, collection_file(self.catalog.root, name, HISTORY_FILE), keep))
+    def _new_event_logs(self, name: str) -> None:
+        """The flush and compaction records of ``name``, starting from what earlier opens wrote."""
+        def recent(filename: str, keep: int) -> RecentEvents:
+            path = collection_file(self.catalog.root, name, filename)
+            return RecentEvents(keep, EventHistory(self.fs, path, keep))
+        self.flush_logs[name] = FlushLog(recent(FLUSHES_FILE, self.config.maintenance["flush_history"]))
+        self.compactions[name] = recent(COMPACTIONS_FILE, COMPACTION_HISTORY)
 
     # -- collections -------------------------------------------------------------------------
 
@@ -194,8 +198,7 @@ class Database:
             store = self.storage.open_collection(info, settings["storage"][self.config.storage_spec.name])
             rt = CollectionRuntime(self, info, settings, self.wal.open_collection(name), store)
             rt.replay()
-            self.flush_logs[name] = self._new_flush_log(name)
-            self.compactions[name] = []
+            self._new_event_logs(name)
             self._runtimes[name] = rt
         return Collection(self, name)
 
@@ -300,9 +303,9 @@ class Database:
 
     def compaction_finished(self, name: str, result: CompactionResult) -> CompactionEvent:
         event = CompactionEvent(name, result)
-        history = self.compactions.setdefault(name, [])
-        history.append(event)
-        del history[:-20]
+        recent = self.compactions.get(name)
+        if recent is not None:      # None: the collection was dropped while its work ran
+            recent.record(event.to_dict())
         self.registry.notify("proxistore_compaction_finished", event)
         return event
 
@@ -328,7 +331,7 @@ class Database:
                 "wal": rt.wal.stats(),
                 "storage": rt.store.stats(),
                 "flushes": self.flush_logs[rt.name].to_dict(),
-                "compactions": [e.to_dict() for e in self.compactions.get(rt.name, [])[-5:]],
+                "compactions": self.compactions[rt.name].list()[-5:],
                 "recovery": rt.recovery,
                 "overrides": dict(rt.info.overrides),
             }

@@ -1,6 +1,7 @@
 """Events the core reports to observer hooks and keeps for ``stats()``."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional
 
@@ -51,8 +52,11 @@ class RecoveryEvent:
 
 @dataclass
 class CompactionEvent:
+    """One storage compaction (a merge, an index-build run), timed by the engine."""
+
     collection: str
     result: CompactionResult
+    finished_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"collection": self.collection, **asdict(self.result)}
+        return {"collection": self.collection, "finished_at": self.finished_at, **asdict(self.result)}

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
-from typing import Any, Deque, Dict, List, Optional
+from collections import Counter
+from typing import List, Optional
 
 from .contracts import FlushRequest
 from .errors import FlushError
 from .events import FlushEvent
-from .flush_history import FlushHistory
+from .history import RecentEvents
 from .memtable import Memtable
 from .registry import Registry
 from .runtime import CollectionRuntime
@@ -32,41 +32,22 @@ log = logging.getLogger("proxistore.flush")
 class FlushLog:
     """Counters of one collection's flushes since open, and its recent flush attempts.
 
-    ``recent`` holds each attempt's ``FlushEvent.to_dict()``, newest last. With a
-    :class:`FlushHistory` it starts with the attempts recorded before this open and records each
-    new one on disk too, so the history survives restarts; the counters count this open only.
+    ``recent`` holds each attempt's ``FlushEvent.to_dict()``, newest last, including those that
+    earlier opens recorded on disk (see ``history.py``); the counters count this open only.
     """
 
-    def __init__(self, keep: int, history: Optional[FlushHistory] = None) -> None:
-        self.recent: Deque[Dict[str, Any]] = deque(maxlen=keep)
+    def __init__(self, recent: RecentEvents) -> None:
+        self.recent = recent
         self.by_policy: Counter = Counter()
         self.failures = 0
         self.consecutive_failures = 0
         self.checkpoint_failures = 0
         self.last_error: Optional[str] = None
-        self.history = history
-        self.history_errors = 0
         self.opened_at = time.time()
-        if history is not None:
-            try:
-                self.recent.extend(history.load())
-            except OSError as exc:     # the record is lost, not the data: reported, not fatal
-                self._history_failed("read", exc)
 
     def record(self, event: FlushEvent) -> None:
         """Keep ``event`` (a finished attempt, failed or not) in memory and in the history."""
-        self.recent.append(event.to_dict())
-        if self.history is None:
-            return
-        try:
-            self.history.append(self.recent[-1], list(self.recent))
-        except OSError as exc:         # the flush itself is done (or failed on its own account)
-            self._history_failed("append to", exc)
-
-    def _history_failed(self, what: str, exc: OSError) -> None:
-        self.history_errors += 1
-        log.warning("cannot %s the flush history %s (flushes are not affected): %s",
-                    what, self.history.path if self.history else "", exc)
+        self.recent.record(event.to_dict())
 
     @property
     def total(self) -> int:
@@ -77,11 +58,11 @@ class FlushLog:
         # Copies first, each made in one C call that a worker's append cannot interleave with:
         # iterating the live deque in Python raises "deque mutated during iteration" when a
         # flush finishes meanwhile (stats() is called from any thread).
-        recent, by_policy = list(self.recent), dict(self.by_policy)
+        recent, by_policy = self.recent.list(), dict(self.by_policy)
         return {"total": sum(by_policy.values()), "by_policy": by_policy,
                 "failures": self.failures, "checkpoint_failures": self.checkpoint_failures,
                 "last_error": self.last_error, "counted_since": self.opened_at,
-                "history_errors": self.history_errors, "last": recent}
+                "history_errors": self.recent.history_errors, "last": recent}
 
 
 def freeze_for(rt: CollectionRuntime, request: FlushRequest) -> Optional[Memtable]:

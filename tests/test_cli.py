@@ -277,7 +277,7 @@ def test_stats_of_a_database_open_in_another_process_shows_the_flushes_it_record
         assert shown["collections"]["v"]["flushes"]["last"] == json.loads(json.dumps(recorded))
         result = cli("--data", d, "stats", "v")
         assert "size: memory_flush_size_bytes = 20.00 kB crossed" in result.stdout
-        assert "only the flushes recorded on disk are shown" in result.stderr
+        assert "only the flushes and compactions recorded on disk are shown" in result.stderr
         assert "no collection named 'w'" in cli("--data", d, "stats", "w", expect=2).stderr
         assert "already open" in cli("--data", d, "stats", "--why", "v", expect=1).stderr
 

@@ -16,12 +16,13 @@ from proxistore.catalog import CATALOG_DIR, collection_file
 from proxistore.config import EffectiveConfig, load_config
 from proxistore.errors import DatabaseLocked
 from proxistore.fileio import default_filesystem
-from proxistore.flush_history import HISTORY_FILE, FlushHistory
+from proxistore.history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory
 
 from .common import FlushRecorder, UsageError, open_database
 from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
 
-__all__ = ["cmd_flush", "cmd_compact", "cmd_stats", "flush_line", "threshold_units", "flush_counts"]
+__all__ = ["cmd_flush", "cmd_compact", "cmd_stats", "flush_line", "compaction_line", "threshold_units",
+           "flush_counts"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,9 +144,17 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def compaction_line(comp: Mapping[str, Any]) -> str:
+    """One compaction record as one line: when, segments and rows in and out, seconds, why."""
+    return (f"{fmt_time(comp.get('finished_at'))}  compaction: {comp.get('segments_in')} segments "
+            f"({comp.get('rows_in', 0):,} rows) -> {comp.get('segments_out')} ({comp.get('rows_out', 0):,} rows) "
+            f"in {fmt_seconds(comp.get('seconds'))}" + (f"; {comp['reason']}" if comp.get("reason") else ""))
+
+
 def _recorded_flushes(args: argparse.Namespace, locked: DatabaseLocked, out: Output) -> int:
-    """What ``stats`` shows while another process has the database open: the flushes each
-    collection recorded on disk (read without the lock; a torn last line is skipped)."""
+    """What ``stats`` shows while another process has the database open: the flushes and
+    compactions each collection recorded on disk (read without the lock; a torn last line is
+    skipped)."""
     cfg = load_config(args.config)
     keep = cfg.maintenance["flush_history"]
     root = os.path.join(args.data, CATALOG_DIR)
@@ -156,12 +165,13 @@ def _recorded_flushes(args: argparse.Namespace, locked: DatabaseLocked, out: Out
                              f"collections: {names or 'none'}")
         names = [args.collection]
     fs = default_filesystem()
-    cols = {n: {"flushes": {"last": FlushHistory(fs, collection_file(root, n, HISTORY_FILE), keep).load()}}
+    cols = {n: {"flushes": {"last": EventHistory(fs, collection_file(root, n, FLUSHES_FILE), keep).load()},
+                "compactions": EventHistory(fs, collection_file(root, n, COMPACTIONS_FILE), keep).load()[-5:]}
             for n in names}
     result = {"path": args.data, "open_elsewhere": str(locked), "collections": cols}
 
     def render() -> None:
-        out.note(f"only the flushes recorded on disk are shown: {locked}")
+        out.note(f"only the flushes and compactions recorded on disk are shown: {locked}")
         units = threshold_units(cfg)
         for name, c in cols.items():
             recent = c["flushes"]["last"][-5:]
@@ -169,6 +179,8 @@ def _recorded_flushes(args: argparse.Namespace, locked: DatabaseLocked, out: Out
                                                    f"last {len(recent)} of the recorded flushes"))
             for ev in recent:
                 out.print(f"{fmt_time(ev.get('started_at'))}  {flush_line(ev, units)}")
+            for comp in c["compactions"]:
+                out.print(compaction_line(comp))
     out.emit(result, render)
     return 0
 
@@ -213,7 +225,7 @@ def _render_collection(out: Output, name: str, c: Mapping[str, Any], units: Mapp
     if fl.get("history_errors"):
         out.note(f"note: {fl['history_errors']} flush(es) could not be recorded in the flush history file; see the log")
     for comp in c.get("compactions") or []:
-        out.print(f"compaction: {_pairs(comp)}")
+        out.print(compaction_line(comp))
 
 
 def _why(db: Any, name: str, out: Output) -> int:

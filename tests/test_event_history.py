@@ -1,6 +1,6 @@
-"""Every flush's reason outlives the process: the history in ``collections/<name>/flushes.jsonl``
-comes back on reopen, stays bounded, survives a torn line, and a history that cannot be written
-never fails a flush or loses a row."""
+"""Every flush's reason, and every compaction, outlives the process: the records in
+``collections/<name>/flushes.jsonl`` and ``compactions.jsonl`` come back on reopen, stay bounded,
+survive a torn line, and a record that cannot be written never fails a flush or loses a row."""
 from __future__ import annotations
 
 import json
@@ -17,8 +17,8 @@ from test_maintenance import FailingFileSystem
 SIZE_CONFIG = {"flush": {"size": {"memory_flush_size_bytes": "20kB"}}}
 
 
-def history_file(path, name="c"):
-    return os.path.join(path, "collections", name, "flushes.jsonl")
+def history_file(path, name="c", kind="flushes"):
+    return os.path.join(path, "collections", name, f"{kind}.jsonl")
 
 
 def flushes(db, name="c"):
@@ -90,12 +90,12 @@ def test_a_history_that_cannot_be_written_or_read_never_fails_a_flush(db_path, r
         os.makedirs(history_file(db_path))                         # the file's place is taken
         vecs = random_vectors(rng, 20)
         col.insert(ids_for(20), vecs)
-        with caplog.at_level(logging.WARNING, logger="proxistore.flush"):
+        with caplog.at_level(logging.WARNING, logger="proxistore.history"):
             done = db.flush("c")
         assert done[0]["rows"] == 20 and done[0]["segment"]
         fl = flushes(db)
         assert fl["history_errors"] == 1 and fl["last"][-1]["segment"] == done[0]["segment"]
-        assert "cannot append to the flush history" in caplog.text
+        assert "cannot append to the event history" in caplog.text
     with proxistore.open(db_path) as db:                            # reading it fails too
         fl = flushes(db)
         assert fl["history_errors"] == 1 and fl["last"] == []
@@ -136,3 +136,20 @@ def test_a_dropped_collection_takes_its_history_with_it(db_path, rng):
         assert not os.path.exists(history_file(db_path))
         db.create_collection("c", dim=8)
         assert flushes(db)["last"] == []
+
+
+def test_compactions_are_recorded_with_their_time_and_come_back_after_reopen(db_path, rng):
+    cfg = {"storage": {"viper": {"auto_compaction": False}}}
+    with proxistore.open(db_path, cfg) as db:
+        col = db.create_collection("c", dim=8)
+        for b in range(3):
+            col.insert(ids_for(50, f"b{b}"), random_vectors(rng, 50))
+            db.flush("c")
+        done = db.compact("c")
+        assert done and done[0]["segments_in"] == 3 and done[0]["rows_out"] == 150
+        shown = db.stats()["collections"]["c"]["compactions"]
+        assert shown[-1] == done[-1] and shown[-1]["finished_at"] > 0
+    with proxistore.open(db_path, cfg) as db:
+        assert db.stats()["collections"]["c"]["compactions"] == json.loads(json.dumps(done))
+    with open(history_file(db_path, kind="compactions")) as f:
+        assert [json.loads(line)["segments_in"] for line in f] == [d["segments_in"] for d in done]
