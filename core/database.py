@@ -303,9 +303,7 @@ class Database:
 
     def compaction_finished(self, name: str, result: CompactionResult) -> CompactionEvent:
         event = CompactionEvent(name, result)
-        recent = self.compactions.get(name)
-        if recent is not None:      # None: the collection was dropped while its work ran
-            recent.record(event.to_dict())
+        self.compactions[name].record(event.to_dict())
         self.registry.notify("proxistore_compaction_finished", event)
         return event
 

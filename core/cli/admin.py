@@ -128,7 +128,7 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
     except DatabaseLocked as locked:
         if why:     # --why measures the live memtable, which only the owning process has
             raise
-        return _recorded_flushes(args, locked, out)
+        return _recorded_events(args, locked, out)
     with db:
         if why:
             db.collection(why)  # CollectionNotFound names the collections that exist
@@ -151,7 +151,7 @@ def compaction_line(comp: Mapping[str, Any]) -> str:
             f"in {fmt_seconds(comp.get('seconds'))}" + (f"; {comp['reason']}" if comp.get("reason") else ""))
 
 
-def _recorded_flushes(args: argparse.Namespace, locked: DatabaseLocked, out: Output) -> int:
+def _recorded_events(args: argparse.Namespace, locked: DatabaseLocked, out: Output) -> int:
     """What ``stats`` shows while another process has the database open: the flushes and
     compactions each collection recorded on disk (read without the lock; a torn last line is
     skipped)."""
@@ -165,8 +165,9 @@ def _recorded_flushes(args: argparse.Namespace, locked: DatabaseLocked, out: Out
                              f"collections: {names or 'none'}")
         names = [args.collection]
     fs = default_filesystem()
-    cols = {n: {"flushes": {"last": EventHistory(fs, collection_file(root, n, FLUSHES_FILE), keep).load()},
-                "compactions": EventHistory(fs, collection_file(root, n, COMPACTIONS_FILE), keep).load()[-5:]}
+    def recorded(name: str, filename: str) -> List[Dict[str, Any]]:
+        return EventHistory(fs, collection_file(root, name, filename), keep).load()
+    cols = {n: {"flushes": {"last": recorded(n, FLUSHES_FILE)}, "compactions": recorded(n, COMPACTIONS_FILE)[-5:]}
             for n in names}
     result = {"path": args.data, "open_elsewhere": str(locked), "collections": cols}
 
