@@ -4,7 +4,8 @@ A merge or an index build allocates and frees hundreds of megabytes of buffers. 
 memory in its arenas for reuse, so the process's resident memory stays near its peak long after
 the job (measured: a writer flood into 4 collections settled at ~1 GB over its start, of which
 `malloc_trim` returned ~200-300 MB). Background maintenance calls :func:`release_free_heap` after
-each such job. Where the C library has no ``malloc_trim`` (musl, macOS) it does nothing.
+a storage turn during which no flush ran, and ``compact()`` after its work. Where the C library
+has no ``malloc_trim`` (musl, macOS) it does nothing.
 """
 from __future__ import annotations
 

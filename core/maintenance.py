@@ -71,7 +71,7 @@ class Maintenance:
         # kept writers held at global_memory_limit waiting for those seconds.
         self._storage_slots = max(1, settings["workers"] - 1)
         self._storage_turn = 0    # where the next search for a collection to maintain starts
-        self._storage_seen: Dict[str, int] = {}   # collection -> its flushes when its storage job started
+        self._storage_seen: Dict[str, Optional[int]] = {}   # collection -> its flushes when its storage job started
         self._storage_failed: Set[str] = set()     # collections whose last storage job failed
         self._retry_at: Dict[str, float] = {}
         self._paused = False
@@ -172,10 +172,15 @@ class Maintenance:
         is left (a turn ended), or (``retries``) the last job failed."""
         if rt.name in self._storage_failed:
             return retries
-        flush_log = self.db.flush_logs.get(rt.name)
-        if flush_log is None or self._storage_seen.get(rt.name) != flush_log.total:
+        flushes = self._flushes_of(rt.name)
+        if flushes is None or self._storage_seen.get(rt.name) != flushes:
             return True
         return bool(rt.store.has_background_work())
+
+    def _flushes_of(self, name: str) -> Optional[int]:
+        """Successful flushes of ``name`` since open; None before its flush log exists."""
+        flush_log = self.db.flush_logs.get(name)
+        return flush_log.total if flush_log is not None else None
 
     def _submit_storage_work(self) -> int:
         """Start storage work for collections that may have some and have none running, while
@@ -194,8 +199,7 @@ class Maintenance:
                 running = self._storage_running.get(rt.name)
                 if (running is not None and not running.done()) or not self._storage_due(rt):
                     continue
-                flush_log = self.db.flush_logs.get(rt.name)
-                self._storage_seen[rt.name] = flush_log.total if flush_log is not None else 0
+                self._storage_seen[rt.name] = self._flushes_of(rt.name)
                 self._storage_running[rt.name] = self._submit(self._storage_job, rt)
                 self._storage_turn = at + 1
                 busy += 1
