@@ -76,6 +76,8 @@ class Maintenance:
         self._retry_at: Dict[str, float] = {}
         self._paused = False
         self.ticks = 0
+        self._ticks_completed = 0
+        self._ticked = threading.Condition()
         self.heap_releases = 0
         self.heap_release_seconds = 0.0
         self.errors: List[str] = []
@@ -109,6 +111,10 @@ class Maintenance:
             except Exception:  # the scheduler must survive any single bad tick; logged and counted
                 log.exception("maintenance tick failed")
                 self.errors.append("tick failed")
+            finally:
+                with self._ticked:
+                    self._ticks_completed += 1
+                    self._ticked.notify_all()
 
     def tick(self) -> None:
         """Ask every policy once, freeze what is due, and start draining what is frozen."""
@@ -241,10 +247,13 @@ class Maintenance:
     # -- waiting and stopping -------------------------------------------------------------------
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until no flush or storage job is running and, unless paused, no collection has
+        """Wait until no flush or storage job is running and, unless paused, the policies have
+        been asked since the call (so a write just made has been seen) and no collection has
         storage work waiting for a slot (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if not self._await_tick(deadline):
+                return False
             with self._lock:
                 futures = [f for f in list(self._running.values()) + list(self._storage_running.values())
                            if not f.done()]
@@ -263,6 +272,22 @@ class Maintenance:
                 return True
             time.sleep(0.01)   # a maintain() that cannot run now (compact() holds it) returns at once
         return False
+
+    def _await_tick(self, deadline: float) -> bool:
+        """Wait for a whole tick that starts after this call, so work a write made due is frozen
+        and submitted; True at once when paused or stopped (no tick will come), False at the
+        deadline."""
+        with self._ticked:
+            target = self.ticks + 1
+            while self._ticks_completed < target:
+                if self._paused or self._stop.is_set() or not self._thread.is_alive():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.set()
+                self._ticked.wait(min(remaining, 0.05))
+        return True
 
     def stop(self, timeout: float) -> None:
         """Stop scheduling, let running flushes finish, ask storage work to stop early; bounded."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ import pytest
 import proxistore
 from proxistore.errors import CloseTimeout
 from proxistore.fileio import LocalFileSystem
+from proxistore.plugins.flush_policies.size import SIZE_KEYS, SizePolicy
+from proxistore.registry import build_registry
+from proxistore.specs import FlushPolicySpec
 
 
 class FailingFileSystem(LocalFileSystem):
@@ -117,6 +121,35 @@ def test_manual_flush_reports_its_flush_when_a_background_worker_wrote_it(tmp_pa
         assert len(mine) == 1 and mine[0]["rows"] == 10 and mine[0]["segment"], done
         assert mine[0]["waited_seconds"] > 0.1      # frozen while the worker wrote the older one
         assert col.count() == 210 and db.stats()["collections"]["c"]["memtable"]["rows"] == 0
+
+
+class SlowToAnswer(SizePolicy):
+    """A third-party size policy that takes 300 ms to say which collections are due."""
+
+    def due(self, state):
+        time.sleep(0.3)
+        return super().due(state)
+
+
+def slow_policy_plugin():
+    plugin = types.SimpleNamespace(__name__="slow_policy")
+    plugin.proxistore_flush_policies = proxistore.hookimpl(
+        lambda: [FlushPolicySpec("slow_size", SlowToAnswer, SIZE_KEYS)])
+    return plugin
+
+
+def test_wait_idle_returns_only_after_the_policies_have_seen_the_last_write(tmp_path):
+    reg = build_registry(include_external=False, extra_plugins=(slow_policy_plugin(),))
+    cfg = {"flush": {"policies": ["slow_size", "manual"], "slow_size": {"memory_flush_size_bytes": "20kB"}},
+           "maintenance": {"check_interval": "5s"}}
+    with proxistore.open(tmp_path / "db", cfg, registry=reg) as db:
+        col = db.create_collection("c", dim=32)
+        for batch in range(3):
+            col.insert([f"{batch}-{i}" for i in range(200)], rows(200, seed=batch))   # 25.6 kB > 20 kB
+            assert db.wait_idle(10)
+            flushes = db.stats()["collections"]["c"]["flushes"]
+            assert flushes["total"] == batch + 1, flushes
+            assert db.stats()["collections"]["c"]["memtable"]["rows"] == 0
 
 
 def test_close_waits_for_a_running_flush_but_never_hangs(tmp_path):

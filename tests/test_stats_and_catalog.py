@@ -84,9 +84,10 @@ def test_create_and_drop_are_all_or_nothing_across_sigkill(tmp_path, child_env):
                                 stderr=subprocess.PIPE, text=True, env=child_env)
         time.sleep(kill_after + 0.5)
         os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        out, err = proc.communicate()
         lines = out.splitlines()
         for line in lines:
+            assert len(line.split()) == 2, f"the child printed {line!r}; stderr: {err[-2000:]}"
             verb, name = line.split()
             (present.add if verb == "created" else present.discard)(name)
         in_flight = f"c{len(lines) % 7}"
