@@ -308,7 +308,8 @@ class Database:
         return event
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Wait until no background flush or compaction is running; False on timeout."""
+        """Wait until the policies have seen every write made before the call and no background
+        flush or compaction is running or due; False on timeout."""
         self._check_open()
         return self.maintenance.wait_idle(timeout)
 
