@@ -186,6 +186,10 @@ class SegmentRows:
     ``ids``/``vectors``/``lsns``/``metadata`` are the live rows (newest version of each id);
     ``deleted_ids``/``deleted_lsns`` are tombstones that hide older stored versions.
     ``max_lsn`` becomes the store's ``flushed_lsn``.
+
+    The rows are handed over: the core makes them for the call and never changes them after
+    it, so an engine may keep the arrays (say, as the new segment's cached vectors) without
+    copying.
     """
 
     ids: Sequence[str]

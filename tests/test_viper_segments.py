@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from proxistore.errors import StorageError
+from proxistore.plugins.viper import parquet
 from proxistore.plugins.viper.parquet import column_for_key
 
 from test_viper_helpers import collection_dir, ids, make_rows, open_store, vectors
@@ -103,3 +104,16 @@ def test_duplicate_ids_and_batch_tombstones_keep_one_newest_row(tmp_path):
     got = store.get(["a", "b"])
     assert set(got) == {"a"} and got["a"].lsn == 2
     assert np.array_equal(got["a"].vector, v[1])
+
+
+def test_a_segment_larger_than_the_encoding_estimate_is_still_encoded_whole(monkeypatch):
+    rng = np.random.default_rng(5)
+    table = parquet.table_from_rows([f"r{i}" for i in range(300)], rng.standard_normal((300, 8)).astype(np.float32),
+                                    np.arange(300), [{"text": "x" * (i % 50)} for i in range(300)], 8)
+    sized = parquet.encode(table)
+    assert sized.size < parquet._encoded_size_bound(table)
+    monkeypatch.setattr(parquet, "_encoded_size_bound", lambda t: 64)     # far too small: falls back
+    grown = parquet.encode(table)
+    assert grown.size == sized.size
+    for buf in (sized, grown):
+        assert pq.read_table(pa.BufferReader(buf)).equals(table)

@@ -327,7 +327,7 @@ def _newest_live(rows: SegmentRows, dim: int) -> Tuple[List[str], np.ndarray, np
     for id_, lsn in zip(rows.deleted_ids, np.asarray(rows.deleted_lsns, dtype=np.int64).tolist()):
         tomb[id_] = max(lsn, tomb.get(id_, -1))
     if len(set(ids)) == n and tomb.keys().isdisjoint(ids):   # a memtable's rows: nothing to drop
-        return ids, vectors.copy(), lsns.copy(), metadata
+        return ids, vectors, lsns, metadata     # handed over (SegmentRows): kept without a copy
     newest: Dict[str, int] = {}
     for i, (id_, lsn) in enumerate(zip(ids, lsns.tolist())):
         if lsn <= tomb.get(id_, -1):
@@ -336,7 +336,7 @@ def _newest_live(rows: SegmentRows, dim: int) -> Tuple[List[str], np.ndarray, np
         if j is None or lsn > lsns[j]:
             newest[id_] = i
     if len(newest) == n:
-        return ids, vectors.copy(), lsns.copy(), metadata
+        return ids, vectors, lsns, metadata
     keep = sorted(newest.values())
     return [ids[i] for i in keep], vectors[keep], lsns[keep], [metadata[i] for i in keep]
 
