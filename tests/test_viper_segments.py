@@ -110,10 +110,12 @@ def test_a_segment_larger_than_the_encoding_estimate_is_still_encoded_whole(monk
     rng = np.random.default_rng(5)
     table = parquet.table_from_rows([f"r{i}" for i in range(300)], rng.standard_normal((300, 8)).astype(np.float32),
                                     np.arange(300), [{"text": "x" * (i % 50)} for i in range(300)], 8)
-    sized = parquet.encode(table)
-    assert sized.size < parquet._encoded_size_bound(table)
+    grown = parquet.encode(table)                      # small: a growing buffer
+    monkeypatch.setattr(parquet, "_PRESIZE_FROM_BYTES", 0)
+    sized = parquet.encode(table)                      # into a buffer sized from the table
+    assert sized.size == grown.size < parquet._encoded_size_bound(table)
     monkeypatch.setattr(parquet, "_encoded_size_bound", lambda t: 64)     # far too small: falls back
-    grown = parquet.encode(table)
-    assert grown.size == sized.size
-    for buf in (sized, grown):
+    fallen_back = parquet.encode(table)
+    for buf in (grown, sized, fallen_back):
         assert pq.read_table(pa.BufferReader(buf)).equals(table)
+    assert fallen_back.size == grown.size
