@@ -25,6 +25,7 @@ __all__ = [
     "PluginError",
     "DatabaseClosed",
     "DatabaseLocked",
+    "StatusUnanswered",
     "StorageError",
     "WalError",
     "WalCorruption",
@@ -130,6 +131,11 @@ class DatabaseClosed(ProxistoreError):
 
 class DatabaseLocked(ProxistoreError):
     """Another process (or another handle in this one) has the data directory open."""
+
+
+class StatusUnanswered(ProxistoreError):
+    """The process that has the data directory open did not answer a status request in time:
+    its background maintenance, which answers them, is not running."""
 
 
 class DataDirectoryError(ProxistoreError):

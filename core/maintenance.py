@@ -21,6 +21,7 @@ from .contracts import FlushPolicy
 from .errors import CloseTimeout, FlushError
 from .flush import drain, freeze_for
 from .heap import release_free_heap
+from .status import StatusResponder
 
 __all__ = ["Maintenance"]
 
@@ -50,7 +51,8 @@ class _PoolShutDown(Exception):
 
 
 class Maintenance:
-    def __init__(self, db: Any, policies: List[FlushPolicy], settings: Mapping[str, Any]) -> None:
+    def __init__(self, db: Any, policies: List[FlushPolicy], settings: Mapping[str, Any],
+                 responder: Optional[StatusResponder] = None) -> None:
         self.db = db
         self.policies = policies
         self.check_interval = settings["check_interval"]
@@ -81,6 +83,9 @@ class Maintenance:
         self.heap_releases = 0
         self.heap_release_seconds = 0.0
         self.errors: List[str] = []
+        # answered by this thread (not one of its own) so that an answer shows the scheduler runs
+        self._responder = responder
+        self._next_status_poll = 0.0
         self._thread = threading.Thread(target=self._loop, name="proxistore-maintenance", daemon=True)
 
     def start(self) -> None:
@@ -102,6 +107,7 @@ class Maintenance:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            self._answer_status_requests()
             if self._paused:
                 continue
             try:
@@ -115,6 +121,18 @@ class Maintenance:
                 with self._ticked:
                     self._ticks_completed += 1
                     self._ticked.notify_all()
+
+    def _answer_status_requests(self) -> None:
+        """Answer other processes' status requests (status.py), at most once per check_interval:
+        writes wake this thread far more often."""
+        now = time.monotonic()
+        if self._responder is None or now < self._next_status_poll:
+            return
+        self._next_status_poll = now + self.check_interval
+        try:
+            self._responder.poll()
+        except Exception:  # the status files are not the data: whatever fails, log it and keep scheduling
+            log.exception("could not answer a status request")
 
     def tick(self) -> None:
         """Ask every policy once, freeze what is due, and start draining what is frozen."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -266,20 +267,51 @@ def test_stats_shows_the_flushes_of_an_earlier_process_with_their_reasons(tmp_pa
     assert "size: memory_flush_size_bytes" in cli("--data", d, "stats").stdout
 
 
-def test_stats_of_a_database_open_in_another_process_shows_the_flushes_it_recorded(tmp_path):
+def test_stats_of_a_database_open_in_another_process_is_answered_by_that_process(tmp_path):
+    d = tmp_path / "d"
+    with open_after_size_flushes(d) as db:
+        db.collection("v").insert(["late1", "late2"], vectors(2, 4))   # under the 20 kB threshold
+        own = db.stats()["collections"]["v"]
+
+        shown = cli_json("--data", d, "stats")
+        assert shown["collections"]["v"]["flushes"]["total"] == own["flushes"]["total"] >= 1
+        assert shown["collections"]["v"]["memtable"]["rows"] == 2
+        result = cli("--data", d, "stats", "v")
+        assert "size: memory_flush_size_bytes = 20.00 kB crossed" in result.stdout
+        assert f"answered by process {os.getpid()}" in result.stderr
+
+        why = cli_json("--data", d, "stats", "--why", "v")
+        size = next(r for r in why["readings"] if r["key"] == "memory_flush_size_bytes")
+        assert why["memtable_rows"] == 2 and not why["due"]
+        assert size["measured"] == db.stats()["collections"]["v"]["memtable"]["bytes"] and not size["due"]
+        assert "no collection named 'w'" in cli("--data", d, "stats", "w", expect=2).stderr
+        assert "no collection named 'w'" in cli("--data", d, "stats", "--why", "w", expect=2).stderr
+    assert not os.listdir(d / "status")     # every request was answered and collected
+
+
+def test_stats_of_a_database_whose_holder_does_not_answer_shows_the_recorded_flushes(tmp_path):
     d = tmp_path / "d"
     with open_after_size_flushes(d) as db:
         recorded = db.stats()["collections"]["v"]["flushes"]["last"]
-        assert recorded
-
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, proxistore; db = proxistore.open(sys.argv[1]); print('open', flush=True); sys.stdin.read()"),
+        str(d)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        os.kill(holder.pid, signal.SIGSTOP)      # a hung process: its maintenance answers nothing
         shown = cli_json("--data", d, "stats")
-        assert "already open by process" in shown["open_elsewhere"]
+        assert "did not answer a status request" in shown["open_elsewhere"]
         assert shown["collections"]["v"]["flushes"]["last"] == json.loads(json.dumps(recorded))
         result = cli("--data", d, "stats", "v")
         assert "size: memory_flush_size_bytes = 20.00 kB crossed" in result.stdout
         assert "only the flushes and compactions recorded on disk are shown" in result.stderr
-        assert "no collection named 'w'" in cli("--data", d, "stats", "w", expect=2).stderr
-        assert "already open" in cli("--data", d, "stats", "--why", "v", expect=1).stderr
+        err = cli_json("--data", d, "stats", "--why", "v", expect=1)["error"]
+        assert err["type"] == "StatusUnanswered" and "background maintenance is not running" in err["message"]
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.close()
+        holder.wait(30)
+    assert not os.listdir(d / "status")     # the unanswered requests were taken back
 
 
 def test_why_on_a_missing_collection_exits_2(data):

@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from proxistore.catalog import CATALOG_DIR, collection_file
 from proxistore.config import EffectiveConfig, load_config
-from proxistore.errors import DatabaseLocked
+from proxistore.errors import DatabaseLocked, StatusUnanswered
 from proxistore.fileio import default_filesystem
 from proxistore.history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory
+from proxistore.status import ask
 
 from .common import FlushRecorder, UsageError, open_database
 from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
@@ -125,22 +126,46 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"name the collection once: `stats --why {why}`")
     try:
         db = open_database(args)
-    except DatabaseLocked as locked:
-        if why:     # --why measures the live memtable, which only the owning process has
-            raise
-        return _recorded_events(args, locked, out)
+    except DatabaseLocked:
+        return _stats_of_open_database(args, why, out)
     with db:
         if why:
             db.collection(why)  # CollectionNotFound names the collections that exist
-            return _why(db, why, out)
-        stats = db.stats()
+            return _why(why, db.why(why), db.stats(), out)
         if args.collection:
             db.collection(args.collection)
-            units = threshold_units(db.config)
-            col = stats["collections"][args.collection]
-            out.emit(col, lambda: _render_collection(out, args.collection, col, units))
-            return 0
-    out.emit(stats, lambda: _render_database(out, stats))
+        return _show_stats(args.collection, db.stats(), threshold_units(db.config), out)
+
+
+_ANSWER_TIMEOUT = 2.0   # seconds; an open database answers within its check_interval (100 ms by default)
+
+
+def _stats_of_open_database(args: argparse.Namespace, why: Optional[str], out: Output) -> int:
+    """Stats of a database another process has open, as that process answers them (status.py);
+    if it does not answer, the flushes and compactions recorded on disk, and for ``--why`` an error."""
+    cfg = load_config(args.config)
+    timeout = max(_ANSWER_TIMEOUT, 5 * cfg.maintenance["check_interval"])
+    name = why or args.collection
+    request = {"what": "why" if why else "stats", **({"collection": name} if name else {})}
+    try:
+        live = ask(default_filesystem(), args.data, request, timeout)
+    except StatusUnanswered as unanswered:
+        if why:      # the readings exist only in that process
+            raise
+        return _recorded_events(args, str(unanswered), out)
+    out.note(f"answered by process {live['pid']}, which has the database open")
+    answer = live["result"]
+    if why:
+        return _why(why, answer["why"], answer["stats"], out)
+    return _show_stats(args.collection, answer["stats"], threshold_units(cfg), out)
+
+
+def _show_stats(name: Optional[str], stats: Mapping[str, Any], units: Mapping, out: Output) -> int:
+    if name:
+        col = stats["collections"][name]
+        out.emit(col, lambda: _render_collection(out, name, col, units))
+    else:
+        out.emit(stats, lambda: _render_database(out, stats))
     return 0
 
 
@@ -151,10 +176,10 @@ def compaction_line(comp: Mapping[str, Any]) -> str:
             f"in {fmt_seconds(comp.get('seconds'))}" + (f"; {comp['reason']}" if comp.get("reason") else ""))
 
 
-def _recorded_events(args: argparse.Namespace, locked: DatabaseLocked, out: Output) -> int:
-    """What ``stats`` shows while another process has the database open: the flushes and
-    compactions each collection recorded on disk (read without the lock; a torn last line is
-    skipped)."""
+def _recorded_events(args: argparse.Namespace, why_not_live: str, out: Output) -> int:
+    """What ``stats`` shows when the process that has the database open does not answer: the
+    flushes and compactions each collection recorded on disk (read without the lock; a torn last
+    line is skipped)."""
     cfg = load_config(args.config)
     keep = cfg.maintenance["flush_history"]
     root = os.path.join(args.data, CATALOG_DIR)
@@ -169,10 +194,10 @@ def _recorded_events(args: argparse.Namespace, locked: DatabaseLocked, out: Outp
         return EventHistory(fs, collection_file(root, name, filename), keep).load()
     cols = {n: {"flushes": {"last": recorded(n, FLUSHES_FILE)}, "compactions": recorded(n, COMPACTIONS_FILE)[-5:]}
             for n in names}
-    result = {"path": args.data, "open_elsewhere": str(locked), "collections": cols}
+    result = {"path": args.data, "open_elsewhere": why_not_live, "collections": cols}
 
     def render() -> None:
-        out.note(f"only the flushes and compactions recorded on disk are shown: {locked}")
+        out.note(f"only the flushes and compactions recorded on disk are shown: {why_not_live}")
         units = threshold_units(cfg)
         for name, c in cols.items():
             recent = c["flushes"]["last"][-5:]
@@ -229,10 +254,10 @@ def _render_collection(out: Output, name: str, c: Mapping[str, Any], units: Mapp
         out.print(compaction_line(comp))
 
 
-def _why(db: Any, name: str, out: Output) -> int:
-    readings = db.why(name)
-    col = db.stats()["collections"][name]
-    mt = col["memtable"]
+def _why(name: str, readings: List[Dict[str, Any]], stats: Mapping[str, Any], out: Output) -> int:
+    """``stats --why NAME``: every enabled threshold of NAME (``readings``, from ``Database.why``)
+    and what it measures now, read against that database's ``stats``."""
+    mt = stats["collections"][name]["memtable"]
     due = [r for r in readings if r["due"]]
     result = {"collection": name, "memtable_rows": mt["rows"], "memtable_bytes": mt["bytes"],
               "due": [f"{r['policy']}.{r['key']}" for r in due], "readings": readings}
@@ -247,15 +272,15 @@ def _why(db: Any, name: str, out: Output) -> int:
             out.print(f"nothing to flush: the memtable of {name!r} is empty; every acknowledged row is in a segment")
         elif due:
             out.print(f"due now: {', '.join(result['due'])}; background maintenance starts the flush "
-                      f"within {fmt_seconds(db.config.maintenance['check_interval'])}")
+                      f"within {fmt_seconds(stats['maintenance']['check_interval'])}")
         else:
-            manual = "manual" in db.config.policies
+            manual = "manual" in stats["flush_policies"]
             out.print(f"{mt['rows']:,} rows ({fmt_bytes(mt['bytes'])}) wait in the memtable and the WAL because no "
                       f"enabled threshold is crossed yet; "
                       + (f"`proxistore flush {name}` flushes them now" if manual
                          else "the manual policy is not enabled, so only a threshold will flush them"))
         if mt["rows"] and any(r["unit"] == "seconds" for r in readings):
-            out.note("note: ages are counted from when this process opened the database; rows replayed "
+            out.note("note: ages are counted from when the database was last opened; rows replayed "
                      "from the WAL start a new clock")
     out.emit(result, render)
     return 0
