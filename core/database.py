@@ -8,7 +8,7 @@ Layout of a data directory::
     wal/                 owned by the WAL strategy
     storage/             owned by the storage engine (or wherever ``[storage] root`` says: a local
                          directory or an object store URI, see storage_root.py)
-    status/              other processes' requests for live stats, and the answers (status.py)
+    control/             requests of other processes (live stats, flush...) and the answers (control.py)
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from .lock import DirectoryLock
 from .maintenance import Maintenance
 from .registry import Registry, get_registry
 from .runtime import CollectionRuntime
-from .status import StatusResponder
+from .control import ControlResponder
 from .storage_root import StorageRoot, resolve_storage_root
 from .validation import check_collection_name, check_dim, check_metric
 
@@ -101,7 +101,8 @@ class Database:
         limits = [p.write_limit() for p in self.policies if p.write_limit() is not None]
         limit = min(limits, key=lambda lim: lim.limit_bytes) if limits else None
         self.maintenance = Maintenance(self, self.policies, cfg.maintenance,
-                                       responder=StatusResponder(self.fs, self.path, self._answer_status))
+                                       responder=ControlResponder(self.fs, self.path, self._answer_control,
+                                                                  run_apart=("flush", "compact")))
         self.admission = Admission(limit, self.total_memtable_bytes, self.maintenance.wake)
         self.catalog = Catalog(self.fs, os.path.join(self.path, CATALOG_DIR))
         self._recover_catalog()
@@ -361,15 +362,20 @@ class Database:
                              "unit": "", "due": False})
         return jsonable(rows)
 
-    def _answer_status(self, request: Mapping[str, Any]) -> Dict[str, Any]:
-        """What another process asked through ``status/`` (``proxistore stats`` while this one
-        has the database open): ``{"stats": ...}``, with ``"why"`` (the readings of
-        :meth:`why`) when it asked about a collection's flushing."""
+    def _answer_control(self, request: Mapping[str, Any]) -> Dict[str, Any]:
+        """What another process asked through ``control/`` while this one has the database open
+        (the ``proxistore`` command): ``{"stats": ...}``, with ``"why"`` (the readings of
+        :meth:`why`) when it asked why a collection has not flushed; ``{"flushes": ...}`` or
+        ``{"compactions": ...}`` for a flush or a compaction (run on the control thread)."""
         what, name = request["what"], request.get("collection")
-        if what not in ("stats", "why"):
-            raise ValueError(f"unknown status request {what!r}")
         if name is not None:
             self._runtime(name)    # CollectionNotFound names the collections that exist
+        if what == "flush":
+            return {"flushes": self.flush(name)}
+        if what == "compact":
+            return {"compactions": self.compact(name)}
+        if what not in ("stats", "why"):
+            raise ValueError(f"unknown control request {what!r}")
         answer: Dict[str, Any] = {"stats": self.stats()}
         if what == "why":
             answer["why"] = self.why(name)

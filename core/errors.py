@@ -25,7 +25,7 @@ __all__ = [
     "PluginError",
     "DatabaseClosed",
     "DatabaseLocked",
-    "StatusUnanswered",
+    "HolderUnresponsive",
     "StorageError",
     "WalError",
     "WalCorruption",
@@ -133,9 +133,10 @@ class DatabaseLocked(ProxistoreError):
     """Another process (or another handle in this one) has the data directory open."""
 
 
-class StatusUnanswered(ProxistoreError):
-    """The process that has the data directory open did not answer a status request in time:
-    its background maintenance, which answers them, is not running."""
+class HolderUnresponsive(ProxistoreError):
+    """The process that has the data directory open did not take a request from the
+    ``proxistore`` command in time (its background maintenance, which takes them, is not
+    running), or exited before answering it."""
 
 
 class DataDirectoryError(ProxistoreError):

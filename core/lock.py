@@ -4,10 +4,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Optional
 
 from .errors import DatabaseLocked
 
-__all__ = ["DirectoryLock"]
+__all__ = ["DirectoryLock", "holder_pid"]
 
 
 class DirectoryLock:
@@ -26,9 +27,9 @@ class DirectoryLock:
             os.close(self._fd)
             self._fd = -1
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = _read_holder(self.path)
+                holder = holder_pid(directory)
                 raise DatabaseLocked(f"data directory {directory!r} is already open"
-                                     f"{' by process ' + holder if holder else ''}; "
+                                     f"{f' by process {holder}' if holder else ''}; "
                                      f"close it there first (lock file {self.path})") from None
             raise
         os.ftruncate(self._fd, 0)
@@ -41,9 +42,10 @@ class DirectoryLock:
             self._fd = -1
 
 
-def _read_holder(path: str) -> str:
+def holder_pid(directory: str) -> Optional[int]:
+    """The process id the lock holder of ``directory`` wrote in ``LOCK``; None if unknown."""
     try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+        with open(os.path.join(directory, "LOCK")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

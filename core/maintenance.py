@@ -21,7 +21,7 @@ from .contracts import FlushPolicy
 from .errors import CloseTimeout, FlushError
 from .flush import drain, freeze_for
 from .heap import release_free_heap
-from .status import StatusResponder
+from .control import ControlResponder
 
 __all__ = ["Maintenance"]
 
@@ -52,7 +52,7 @@ class _PoolShutDown(Exception):
 
 class Maintenance:
     def __init__(self, db: Any, policies: List[FlushPolicy], settings: Mapping[str, Any],
-                 responder: Optional[StatusResponder] = None) -> None:
+                 responder: Optional[ControlResponder] = None) -> None:
         self.db = db
         self.policies = policies
         self.check_interval = settings["check_interval"]
@@ -83,9 +83,10 @@ class Maintenance:
         self.heap_releases = 0
         self.heap_release_seconds = 0.0
         self.errors: List[str] = []
-        # answered by this thread (not one of its own) so that an answer shows the scheduler runs
+        # requests of other processes are taken by this thread (not one of their own), so that
+        # taking one shows the scheduler runs (control.py)
         self._responder = responder
-        self._next_status_poll = 0.0
+        self._next_control_poll = 0.0
         self._thread = threading.Thread(target=self._loop, name="proxistore-maintenance", daemon=True)
 
     def start(self) -> None:
@@ -107,7 +108,7 @@ class Maintenance:
             self._wake.clear()
             if self._stop.is_set():
                 break
-            self._answer_status_requests()
+            self._take_control_requests()
             if self._paused:
                 continue
             try:
@@ -122,17 +123,17 @@ class Maintenance:
                     self._ticks_completed += 1
                     self._ticked.notify_all()
 
-    def _answer_status_requests(self) -> None:
-        """Answer other processes' status requests (status.py), at most once per check_interval:
+    def _take_control_requests(self) -> None:
+        """Take other processes' requests (control.py), at most once per check_interval:
         writes wake this thread far more often."""
         now = time.monotonic()
-        if self._responder is None or now < self._next_status_poll:
+        if self._responder is None or now < self._next_control_poll:
             return
-        self._next_status_poll = now + self.check_interval
+        self._next_control_poll = now + self.check_interval
         try:
             self._responder.poll()
-        except Exception:  # the status files are not the data: whatever fails, log it and keep scheduling
-            log.exception("could not answer a status request")
+        except Exception:  # control files are not the data: whatever fails, log it and keep scheduling
+            log.exception("could not take a control request")
 
     def tick(self) -> None:
         """Ask every policy once, freeze what is due, and start draining what is frozen."""
@@ -314,12 +315,16 @@ class Maintenance:
         self._thread.join(timeout)
         for rt in self.db.runtimes():
             rt.store.stop_background()
+        # a flush or compaction another process asked for (control.py) runs to its end; the
+        # requests still waiting are answered that the database closed
+        control_done = self._responder is None or self._responder.close(timeout)
         with self._lock:
             futures = [f for f in list(self._running.values()) + list(self._storage_running.values())]
         done, not_done = wait(futures, timeout=timeout)
         self._pool.shutdown(wait=not not_done, cancel_futures=True)
-        if not_done:
-            raise CloseTimeout(f"close() waited {timeout:g}s for {len(not_done)} background flush or "
+        if not_done or not control_done:
+            jobs = len(not_done) + (not control_done)
+            raise CloseTimeout(f"close() waited {timeout:g}s for {jobs} background flush or "
                                f"compaction job(s) and gave up; acknowledged writes remain recoverable "
                                f"from the WAL on the next open")
 

@@ -286,7 +286,33 @@ def test_stats_of_a_database_open_in_another_process_is_answered_by_that_process
         assert size["measured"] == db.stats()["collections"]["v"]["memtable"]["bytes"] and not size["due"]
         assert "no collection named 'w'" in cli("--data", d, "stats", "w", expect=2).stderr
         assert "no collection named 'w'" in cli("--data", d, "stats", "--why", "w", expect=2).stderr
-    assert not os.listdir(d / "status")     # every request was answered and collected
+    assert not os.listdir(d / "control")    # every request was answered and collected
+
+
+def test_flush_of_a_database_open_in_another_process_is_done_by_that_process(tmp_path):
+    d = tmp_path / "d"
+    with proxistore.open(d) as db:
+        c = db.create_collection("v", dim=DIM)
+        c.insert([f"r{i}" for i in range(50)], vectors(50, 5))     # far under the 1 MB threshold
+        segments = db.stats()["collections"]["v"]["storage"]["segments"]
+
+        result = cli("--data", d, "--json", "flush", "v")
+        flushes = json.loads(result.stdout)["flushes"]
+        assert [f["reason"]["policy"] for f in flushes] == ["manual"] and flushes[0]["rows"] == 50
+        assert f"answered by process {os.getpid()}" in result.stderr
+        st = db.stats()["collections"]["v"]
+        assert st["memtable"]["rows"] == 0 and st["storage"]["segments"] == segments + 1
+        assert st["flushes"]["by_policy"] == {"manual": 1}
+        assert c.count() == 50
+        assert "nothing to flush" in cli("--data", d, "flush", "v").stdout
+        assert "no collection named 'w'" in cli("--data", d, "flush", "w", expect=2).stderr
+
+        c.insert([f"s{i}" for i in range(50)], vectors(50, 6))
+        cli("--data", d, "flush")
+        compactions = cli_json("--data", d, "compact", "v")["compactions"]
+        assert compactions and compactions[0]["segments_in"] == 2 and compactions[0]["rows_out"] == 100
+        assert db.stats()["collections"]["v"]["storage"]["segments"] == 1 and c.count() == 100
+    assert not os.listdir(d / "control")
 
 
 def test_stats_of_a_database_whose_holder_does_not_answer_shows_the_recorded_flushes(tmp_path):
@@ -300,18 +326,19 @@ def test_stats_of_a_database_whose_holder_does_not_answer_shows_the_recorded_flu
         assert holder.stdout.readline().strip() == "open"
         os.kill(holder.pid, signal.SIGSTOP)      # a hung process: its maintenance answers nothing
         shown = cli_json("--data", d, "stats")
-        assert "did not answer a status request" in shown["open_elsewhere"]
+        assert "did not take a request" in shown["open_elsewhere"]
         assert shown["collections"]["v"]["flushes"]["last"] == json.loads(json.dumps(recorded))
         result = cli("--data", d, "stats", "v")
         assert "size: memory_flush_size_bytes = 20.00 kB crossed" in result.stdout
         assert "only the flushes and compactions recorded on disk are shown" in result.stderr
         err = cli_json("--data", d, "stats", "--why", "v", expect=1)["error"]
-        assert err["type"] == "StatusUnanswered" and "background maintenance is not running" in err["message"]
+        assert err["type"] == "HolderUnresponsive" and "background maintenance is not running" in err["message"]
+        assert cli_json("--data", d, "flush", "v", expect=1)["error"]["type"] == "HolderUnresponsive"
     finally:
         os.kill(holder.pid, signal.SIGCONT)
         holder.stdin.close()
         holder.wait(30)
-    assert not os.listdir(d / "status")     # the unanswered requests were taken back
+    assert not os.listdir(d / "control")    # the untaken requests were withdrawn
 
 
 def test_why_on_a_missing_collection_exits_2(data):

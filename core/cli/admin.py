@@ -3,7 +3,9 @@
 Why they exist: the failure this project was born from was a flush threshold that nothing
 enforced and nobody could see. ``flush`` says what it wrote and which policy asked for it,
 ``stats`` shows each collection's memtable, WAL, segments and flush history with reasons, and
-``stats --why NAME`` answers "why has this not flushed yet?" threshold by threshold.
+``stats --why NAME`` answers "why has this not flushed yet?" threshold by threshold. While
+another process (the application) has the database open, each of them is answered, or done, by
+that process (control.py).
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from proxistore.catalog import CATALOG_DIR, collection_file
 from proxistore.config import EffectiveConfig, load_config
-from proxistore.errors import DatabaseLocked, StatusUnanswered
+from proxistore.errors import DatabaseLocked, HolderUnresponsive
 from proxistore.fileio import default_filesystem
 from proxistore.history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory
-from proxistore.status import ask
+from proxistore.control import ask
 
 from .common import FlushRecorder, UsageError, open_database
 from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
@@ -80,12 +82,19 @@ def flush_counts(events: List[Mapping[str, Any]]) -> Dict[str, int]:
 # ------------------------------------------------------------------------------------------------
 
 def cmd_flush(args: argparse.Namespace, out: Output) -> int:
-    """Flush one collection (or all) now, and print every flush that ran meanwhile, with its reason."""
+    """Flush one collection (or all) now, and print every flush that ran meanwhile, with its reason.
+    If another process has the database open, that process flushes (control.py)."""
     recorder = FlushRecorder()
-    with open_database(args, recorder=recorder) as db:
-        units = threshold_units(db.config)
-        db.flush(args.collection)
-    events = recorder.drain()  # after close(): background flushes it waited for are included
+    try:
+        db = open_database(args, recorder=recorder)
+    except DatabaseLocked:
+        live = _ask_holder(args, "flush", out)
+        events, units = live["flushes"], threshold_units(load_config(args.config))
+    else:
+        with db:
+            units = threshold_units(db.config)
+            db.flush(args.collection)
+        events = recorder.drain()  # after close(): background flushes it waited for are included
     result = {"collection": args.collection, "flushes": events}
 
     def render() -> None:
@@ -99,9 +108,15 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_compact(args: argparse.Namespace, out: Output) -> int:
-    """Compact one collection (or all) now: merge segments, drop deleted rows, build indexes."""
-    with open_database(args) as db:
-        results = db.compact(args.collection)
+    """Compact one collection (or all) now: merge segments, drop deleted rows, build indexes.
+    If another process has the database open, that process compacts (control.py)."""
+    try:
+        db = open_database(args)
+    except DatabaseLocked:
+        results = _ask_holder(args, "compact", out)["compactions"]
+    else:
+        with db:
+            results = db.compact(args.collection)
     out.emit({"collection": args.collection, "compactions": results}, lambda: out.table(
         ["collection", "segments in", "segments out", "rows in", "rows out", "time", "reason"],
         [[r.get("collection"), r.get("segments_in"), r.get("segments_out"), r.get("rows_in"),
@@ -109,6 +124,27 @@ def cmd_compact(args: argparse.Namespace, out: Output) -> int:
         right=("segments in", "segments out", "rows in", "rows out", "time"),
         empty="nothing to compact"))
     return 0
+
+
+_TAKE_TIMEOUT = 2.0   # seconds; an open database takes a request within its check_interval (100 ms by default)
+
+
+def _take_timeout(args: argparse.Namespace) -> float:
+    return max(_TAKE_TIMEOUT, 5 * load_config(args.config).maintenance["check_interval"])
+
+
+def _ask_holder(args: argparse.Namespace, what: str, out: Output, collection: Optional[str] = None) -> Any:
+    """The result of ``what`` done by the process that has the database open; for a flush or a
+    compaction, waits as long as that process lives and works on it."""
+    name = collection or args.collection
+    request = {"what": what, **({"collection": name} if name else {})}
+    take = _take_timeout(args)
+    quick = what in ("stats", "why")
+    if not quick:
+        out.note(f"another process has the database open: asking it to {what}")
+    live = ask(default_filesystem(), args.data, request, take, answer_timeout=take if quick else None)
+    out.note(f"answered by process {live['pid']}, which has the database open")
+    return live["result"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,27 +173,18 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
         return _show_stats(args.collection, db.stats(), threshold_units(db.config), out)
 
 
-_ANSWER_TIMEOUT = 2.0   # seconds; an open database answers within its check_interval (100 ms by default)
-
-
 def _stats_of_open_database(args: argparse.Namespace, why: Optional[str], out: Output) -> int:
-    """Stats of a database another process has open, as that process answers them (status.py);
+    """Stats of a database another process has open, as that process answers them (control.py);
     if it does not answer, the flushes and compactions recorded on disk, and for ``--why`` an error."""
-    cfg = load_config(args.config)
-    timeout = max(_ANSWER_TIMEOUT, 5 * cfg.maintenance["check_interval"])
-    name = why or args.collection
-    request = {"what": "why" if why else "stats", **({"collection": name} if name else {})}
     try:
-        live = ask(default_filesystem(), args.data, request, timeout)
-    except StatusUnanswered as unanswered:
+        answer = _ask_holder(args, "why" if why else "stats", out, collection=why)
+    except HolderUnresponsive as unresponsive:
         if why:      # the readings exist only in that process
             raise
-        return _recorded_events(args, str(unanswered), out)
-    out.note(f"answered by process {live['pid']}, which has the database open")
-    answer = live["result"]
+        return _recorded_events(args, str(unresponsive), out)
     if why:
         return _why(why, answer["why"], answer["stats"], out)
-    return _show_stats(args.collection, answer["stats"], threshold_units(cfg), out)
+    return _show_stats(args.collection, answer["stats"], threshold_units(load_config(args.config)), out)
 
 
 def _show_stats(name: Optional[str], stats: Mapping[str, Any], units: Mapping, out: Output) -> int:
