@@ -64,6 +64,9 @@ def _unlink_if_there(fs: FileSystem, path: str) -> bool:
         return False
 
 
+_CLOSED = {"ok": False, "error": DatabaseClosed.__name__, "message": "the database was closed before this request ran"}
+
+
 def _created_at(name: str) -> Optional[float]:
     """Seconds since the epoch from a control file's token, None for a name that is not one."""
     head = name.split("-", 1)[0]
@@ -117,18 +120,22 @@ class ControlResponder:
             return False
         try:
             request = json.loads(self.fs.read_bytes(base + _TAKEN))
-            what = request["what"]
+            apart = request["what"] in self._run_apart
         except (ValueError, TypeError, KeyError) as exc:
             self._finish(base, {"ok": False, "error": "ProxistoreError",
                                 "message": f"bad control request {base + _ASK}: {exc!r}"})
             return True
-        if what not in self._run_apart:
+        if not apart:
             self._finish(base, self._reply(request))
             return True
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxistore-control")
-        future = self._executor.submit(self._reply, request)
-        future.add_done_callback(lambda f: self._finish(base, self._outcome(f)))
+        try:
+            future = self._executor.submit(self._reply, request)
+        except RuntimeError:     # close() has begun
+            self._finish(base, _CLOSED)
+            return True
+        future.add_done_callback(lambda f: self._finish(base, _CLOSED if f.cancelled() else f.result()))
         self._pending = [f for f in self._pending if not f.done()] + [future]
         return True
 
@@ -137,19 +144,9 @@ class ControlResponder:
             return {"ok": True, "result": self._answer(request)}
         except ProxistoreError as exc:
             return {"ok": False, "error": type(exc).__name__, "message": _text(exc)}
-        except (ValueError, TypeError, KeyError) as exc:   # a request of the wrong shape
-            return {"ok": False, "error": "ProxistoreError", "message": f"bad control request: {exc!r}"}
-
-    @staticmethod
-    def _outcome(future: Future) -> Dict[str, Any]:
-        if future.cancelled():
-            return {"ok": False, "error": DatabaseClosed.__name__,
-                    "message": "the database was closed before this request ran"}
-        exc = future.exception()
-        if exc is not None:   # the asker hears of any failure, and the log has the traceback
-            log.error("control request failed", exc_info=exc)
+        except Exception as exc:  # the asker hears of any failure, and the log has the traceback
+            log.exception("control request %r failed", request)
             return {"ok": False, "error": "ProxistoreError", "message": f"{type(exc).__name__}: {exc}"}
-        return future.result()
 
     def _finish(self, base: str, reply: Dict[str, Any]) -> None:
         try:

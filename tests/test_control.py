@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import proxistore
-from proxistore.errors import CollectionNotFound, HolderUnresponsive
+from proxistore.errors import CollectionNotFound, HolderUnresponsive, ProxistoreError
 from proxistore.fileio import default_filesystem
 from proxistore.control import CONTROL_DIR, ControlResponder, ask
 
@@ -147,3 +147,12 @@ def test_close_answers_the_requests_still_waiting_that_the_database_closed(tmp_p
     assert json.loads((control / f"{now}-1-r1.answer").read_text()) == {"pid": os.getpid(), "ok": True,
                                                                         "result": {"done": 1}}
     assert sorted(p.suffix for p in control.iterdir()) == [".answer", ".answer"]
+
+
+def test_an_unknown_request_is_answered_with_an_error_and_the_database_stays_usable(tmp_path):
+    with proxistore.open(tmp_path / "d") as db:
+        db.create_collection("v", dim=4)
+        with pytest.raises(ProxistoreError, match="unknown control request 'reboot'"):
+            ask(FS, str(tmp_path / "d"), {"what": "reboot"}, take_timeout=5)
+        flushed = ask(FS, str(tmp_path / "d"), {"what": "flush", "collection": "v"}, take_timeout=5)
+        assert flushed["result"] == {"flushes": []}      # nothing to flush, and the thread still runs
