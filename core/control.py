@@ -93,7 +93,6 @@ class ControlResponder:
         self._run_apart = frozenset(run_apart)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: List[Future] = []
-        self.taken = 0
 
     def poll(self) -> int:
         """Take every waiting request; how many were taken. Costs one directory listing when
@@ -110,7 +109,6 @@ class ControlResponder:
                 taken += self._take(path[:-len(_ASK)])
             elif (_created_at(name) or now) < now - _STALE_SECONDS:
                 _unlink_if_there(self.fs, path)     # its asker gave up (or died) long ago
-        self.taken += taken
         return taken
 
     def _take(self, base: str) -> bool:

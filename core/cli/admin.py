@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from proxistore.catalog import CATALOG_DIR, collection_file
 from proxistore.config import EffectiveConfig, load_config
+from proxistore.control import ask
 from proxistore.errors import DatabaseLocked, HolderUnresponsive
 from proxistore.fileio import default_filesystem
 from proxistore.history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory
-from proxistore.control import ask
 
 from .common import FlushRecorder, UsageError, open_database
 from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
@@ -88,8 +88,8 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
     try:
         db = open_database(args, recorder=recorder)
     except DatabaseLocked:
-        live = _ask_holder(args, "flush", out)
-        events, units = live["flushes"], threshold_units(load_config(args.config))
+        cfg = load_config(args.config)
+        events, units = _ask_holder(args, cfg, "flush", out)["flushes"], threshold_units(cfg)
     else:
         with db:
             units = threshold_units(db.config)
@@ -113,7 +113,7 @@ def cmd_compact(args: argparse.Namespace, out: Output) -> int:
     try:
         db = open_database(args)
     except DatabaseLocked:
-        results = _ask_holder(args, "compact", out)["compactions"]
+        results = _ask_holder(args, load_config(args.config), "compact", out)["compactions"]
     else:
         with db:
             results = db.compact(args.collection)
@@ -129,16 +129,13 @@ def cmd_compact(args: argparse.Namespace, out: Output) -> int:
 _TAKE_TIMEOUT = 2.0   # seconds; an open database takes a request within its check_interval (100 ms by default)
 
 
-def _take_timeout(args: argparse.Namespace) -> float:
-    return max(_TAKE_TIMEOUT, 5 * load_config(args.config).maintenance["check_interval"])
-
-
-def _ask_holder(args: argparse.Namespace, what: str, out: Output, collection: Optional[str] = None) -> Any:
+def _ask_holder(args: argparse.Namespace, cfg: EffectiveConfig, what: str, out: Output,
+                collection: Optional[str] = None) -> Any:
     """The result of ``what`` done by the process that has the database open; for a flush or a
     compaction, waits as long as that process lives and works on it."""
     name = collection or args.collection
     request = {"what": what, **({"collection": name} if name else {})}
-    take = _take_timeout(args)
+    take = max(_TAKE_TIMEOUT, 5 * cfg.maintenance["check_interval"])
     quick = what in ("stats", "why")
     if not quick:
         out.note(f"another process has the database open: asking it to {what}")
@@ -176,15 +173,16 @@ def cmd_stats(args: argparse.Namespace, out: Output) -> int:
 def _stats_of_open_database(args: argparse.Namespace, why: Optional[str], out: Output) -> int:
     """Stats of a database another process has open, as that process answers them (control.py);
     if it does not answer, the flushes and compactions recorded on disk, and for ``--why`` an error."""
+    cfg = load_config(args.config)
     try:
-        answer = _ask_holder(args, "why" if why else "stats", out, collection=why)
+        answer = _ask_holder(args, cfg, "why" if why else "stats", out, collection=why)
     except HolderUnresponsive as unresponsive:
         if why:      # the readings exist only in that process
             raise
-        return _recorded_events(args, str(unresponsive), out)
+        return _recorded_events(args, cfg, str(unresponsive), out)
     if why:
         return _why(why, answer["why"], answer["stats"], out)
-    return _show_stats(args.collection, answer["stats"], threshold_units(load_config(args.config)), out)
+    return _show_stats(args.collection, answer["stats"], threshold_units(cfg), out)
 
 
 def _show_stats(name: Optional[str], stats: Mapping[str, Any], units: Mapping, out: Output) -> int:
@@ -203,11 +201,10 @@ def compaction_line(comp: Mapping[str, Any]) -> str:
             f"in {fmt_seconds(comp.get('seconds'))}" + (f"; {comp['reason']}" if comp.get("reason") else ""))
 
 
-def _recorded_events(args: argparse.Namespace, why_not_live: str, out: Output) -> int:
+def _recorded_events(args: argparse.Namespace, cfg: EffectiveConfig, why_not_live: str, out: Output) -> int:
     """What ``stats`` shows when the process that has the database open does not answer: the
     flushes and compactions each collection recorded on disk (read without the lock; a torn last
     line is skipped)."""
-    cfg = load_config(args.config)
     keep = cfg.maintenance["flush_history"]
     root = os.path.join(args.data, CATALOG_DIR)
     names = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
