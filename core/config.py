@@ -57,10 +57,11 @@ CORE_KEYS: Dict[str, Tuple[ConfigKey, ...]] = {
                   "run first; 0 keeps the process's priority. Ignored elsewhere. Under a writer flood held "
                   "back by global_memory_limit, writers then wait longer for the flushes that free memory.",
                   minimum=0, maximum=19),
-        ConfigKey("retry_initial_backoff", "duration", 0.1, "First wait before retrying a failed flush; "
-                  "doubles after each failure.", unit="seconds", minimum=0.001),
-        ConfigKey("retry_max_backoff", "duration", 30.0, "Longest wait between retries of a failed flush.",
-                  unit="seconds", minimum=0.001),
+        ConfigKey("retry_initial_backoff", "duration", 0.1, "First wait before retrying a failed flush, or "
+                  "a collection's failed background storage work (merge, index build); doubles after each "
+                  "failure.", unit="seconds", minimum=0.001),
+        ConfigKey("retry_max_backoff", "duration", 30.0, "Longest wait between retries of a failed flush or "
+                  "of failed background storage work.", unit="seconds", minimum=0.001),
         ConfigKey("close_timeout", "duration", 60.0, "How long close() waits for running flushes before "
                   "raising CloseTimeout (acknowledged writes stay recoverable from the WAL).",
                   unit="seconds", minimum=0.0),

@@ -5,7 +5,9 @@ every ``check_interval``, asks each enabled policy which collections are due and
 their active memtables at once, and hands the writing of segments to worker threads (off the
 write path). It also lets the storage engine do its own
 background work (index builds, compaction). A failed flush is retried with exponential back-off;
-the data stays in the memtable and the WAL until a flush succeeds.
+the data stays in the memtable and the WAL until a flush succeeds. Failed storage work is retried
+with the same back-off, so that a full disk does not get an index rebuilt and an error logged on
+every tick.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Dict, List, Mapping, Optional, Set
+from typing import Any, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from .contracts import FlushPolicy
 from .errors import CloseTimeout, FlushError
@@ -26,6 +29,9 @@ from .control import ControlResponder
 __all__ = ["Maintenance"]
 
 log = logging.getLogger("proxistore.maintenance")
+
+#: Recent background errors kept for stats() (``error_count`` counts them all).
+ERRORS_KEPT = 10
 
 
 def _lower_priority(nice: int) -> None:
@@ -74,7 +80,8 @@ class Maintenance:
         self._storage_slots = max(1, settings["workers"] - 1)
         self._storage_turn = 0    # where the next search for a collection to maintain starts
         self._storage_seen: Dict[str, Optional[int]] = {}   # collection -> its flushes when its storage job started
-        self._storage_failed: Set[str] = set()     # collections whose last storage job failed
+        # collection -> (consecutive failures of its storage job, when it may be retried)
+        self._storage_retry: Dict[str, Tuple[int, float]] = {}
         self._retry_at: Dict[str, float] = {}
         self._paused = False
         self.ticks = 0
@@ -82,7 +89,8 @@ class Maintenance:
         self._ticked = threading.Condition()
         self.heap_releases = 0
         self.heap_release_seconds = 0.0
-        self.errors: List[str] = []
+        self.errors: Deque[str] = deque(maxlen=ERRORS_KEPT)
+        self.error_count = 0
         # requests of other processes are taken by this thread (not one of their own), so that
         # taking one shows the scheduler runs (control.py)
         self._responder = responder
@@ -117,7 +125,7 @@ class Maintenance:
                 break
             except Exception:  # the scheduler must survive any single bad tick; logged and counted
                 log.exception("maintenance tick failed")
-                self.errors.append("tick failed")
+                self._note_error("tick failed")
             finally:
                 with self._ticked:
                     self._ticks_completed += 1
@@ -182,7 +190,7 @@ class Maintenance:
         try:
             drain(rt, self.db.registry, flush_log)
         except FlushError as exc:
-            delay = min(self.max_backoff, self.initial_backoff * (2 ** (flush_log.consecutive_failures - 1)))
+            delay = self._backoff(flush_log.consecutive_failures)
             with self._lock:
                 self._retry_at[name] = time.monotonic() + delay
             log.warning("%s; retrying in %.3fs", exc, delay)
@@ -191,12 +199,21 @@ class Maintenance:
             self._retry_at.pop(name, None)
         self.wake()  # memory freed, or more may be due or frozen meanwhile
 
+    def _backoff(self, failures: int) -> float:
+        """The wait before retrying work that has failed ``failures`` times in a row."""
+        return min(self.max_backoff, self.initial_backoff * (2 ** (failures - 1)))
+
+    def _note_error(self, error: str) -> None:
+        self.errors.append(error)
+        self.error_count += 1
+
     def _storage_due(self, rt: Any, *, retries: bool = True) -> bool:
         """Whether collection ``rt`` may have storage work (merges, index builds): it flushed
         since its last storage job started, or has had none since open, or its engine says work
-        is left (a turn ended), or (``retries``) the last job failed."""
-        if rt.name in self._storage_failed:
-            return retries
+        is left (a turn ended), or (``retries``) the last job failed and its back-off is over."""
+        retry = self._storage_retry.get(rt.name)
+        if retry is not None:
+            return retries and time.monotonic() >= retry[1]
         flushes = self._flushes_of(rt.name)
         if flushes is None or self._storage_seen.get(rt.name) != flushes:
             return True
@@ -238,14 +255,17 @@ class Maintenance:
                 self.db.compaction_finished(rt.name, result)
             if self._flushes_finished() == flushes_before and not self._flush_running():
                 self.release_heap()     # not while writes flow: the heap would grow back at once
-        except Exception as exc:  # reported in stats and retried on a later tick; data is untouched
+        except Exception as exc:  # reported in stats and retried after a back-off; data is untouched
             with self._lock:
-                self._storage_failed.add(rt.name)
-            log.error("background storage work on %s failed: %s", rt.name, exc)
-            self.errors.append(f"{rt.name}: {type(exc).__name__}: {exc}")
+                failures = self._storage_retry.get(rt.name, (0, 0.0))[0] + 1
+                delay = self._backoff(failures)
+                self._storage_retry[rt.name] = (failures, time.monotonic() + delay)
+            log.error("background storage work on %s failed (%d in a row); retrying in %.3gs: %s",
+                      rt.name, failures, delay, exc)
+            self._note_error(f"{rt.name}: {type(exc).__name__}: {exc}")
             return
         with self._lock:
-            self._storage_failed.discard(rt.name)
+            self._storage_retry.pop(rt.name, None)
 
     def _flushes_finished(self) -> int:
         return sum(fl.total + fl.failures for fl in list(self.db.flush_logs.values()))
@@ -331,8 +351,10 @@ class Maintenance:
     def stats(self) -> Dict[str, Any]:
         with self._lock:
             running = sorted(n for n, f in self._running.items() if not f.done())
-            backoff = {n: round(t - time.monotonic(), 3) for n, t in self._retry_at.items()
-                       if t > time.monotonic()}
+            now = time.monotonic()
+            backoff = {n: round(t - now, 3) for n, t in self._retry_at.items() if t > now}
+            storage_backoff = {n: round(t - now, 3) for n, (_, t) in self._storage_retry.items() if t > now}
         return {"ticks": self.ticks, "check_interval": self.check_interval, "paused": self._paused,
-                "flushing": running, "retry_in_seconds": backoff, "errors": self.errors[-10:],
+                "flushing": running, "retry_in_seconds": backoff, "storage_retry_in_seconds": storage_backoff,
+                "errors": list(self.errors), "error_count": self.error_count,
                 "heap_releases": self.heap_releases, "heap_release_seconds": self.heap_release_seconds}

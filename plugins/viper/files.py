@@ -8,7 +8,7 @@ from typing import Any, Iterable, List
 from proxistore.errors import StorageError
 from proxistore.fileio import FileSystem
 
-__all__ = ["write_file", "fsync_dir", "remove_files"]
+__all__ = ["write_file", "fsync_dir", "remove_files", "UncommittedFiles"]
 
 log = logging.getLogger("proxistore.viper")
 
@@ -29,6 +29,7 @@ def write_file(fs: FileSystem, directory: str, name: str, data: Any) -> int:
     :data:`SYNC_STEP_BYTES`); return its size.
 
     The directory entry becomes durable with the caller's next :func:`fsync_dir` (one per commit).
+    A write that fails removes what it wrote: retried on a full disk, it must not fill it further.
     """
     path = os.path.join(directory, name)
     view = memoryview(data).cast("B")
@@ -38,6 +39,7 @@ def write_file(fs: FileSystem, directory: str, name: str, data: Any) -> int:
                 f.write(view[start:start + SYNC_STEP_BYTES])
                 f.fsync()
     except OSError as e:
+        remove_files(fs, directory, [name], when="after its write failed")
         raise StorageError(f"{path}: write failed: {e}") from e
     return view.nbytes
 
@@ -50,11 +52,12 @@ def fsync_dir(fs: FileSystem, directory: str) -> None:
         raise StorageError(f"{directory}: directory fsync failed: {e}") from e
 
 
-def remove_files(fs: FileSystem, directory: str, names: Iterable[str]) -> List[str]:
-    """Unlink files a committed manifest no longer references; return the ones that failed.
+def remove_files(fs: FileSystem, directory: str, names: Iterable[str], when: str = "after commit") -> List[str]:
+    """Unlink files no manifest references (any more); return the ones that failed.
 
-    Runs after the commit, so a failure cannot undo it: it is logged and returned (and counted
-    by the caller) and the file is an orphan that the next open removes.
+    A failure cannot undo what happened before (a commit, or the failure being cleaned up): it
+    is logged and returned (the caller may count it) and the file is an orphan that the next
+    open removes.
     """
     failed = []
     for name in names:
@@ -64,6 +67,35 @@ def remove_files(fs: FileSystem, directory: str, names: Iterable[str]) -> List[s
         except FileNotFoundError:
             continue
         except OSError as e:
-            log.warning("viper: could not remove %s after commit (removed on next open): %s", path, e)
+            log.warning("viper: could not remove %s %s (removed on next open): %s", path, when, e)
             failed.append(name)
     return failed
+
+
+class UncommittedFiles:
+    """The files one operation writes for its manifest commit, removed if it fails before that
+    commit (a retry on a full disk must not leave them to fill it further).
+
+    Used as a context manager: :meth:`add` each name before writing it, and call
+    :meth:`committing` just before the commit. A commit that fails may still have taken effect,
+    so from then on the files are kept and the next open removes those no manifest references."""
+
+    def __init__(self, fs: FileSystem, directory: str) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.names: List[str] = []
+        self._committing = False
+
+    def add(self, name: str) -> str:
+        self.names.append(name)
+        return name
+
+    def committing(self) -> None:
+        self._committing = True
+
+    def __enter__(self) -> "UncommittedFiles":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not self._committing:
+            remove_files(self.fs, self.directory, self.names, when="after its operation failed")

@@ -33,6 +33,7 @@ from proxistore.errors import StorageError
 
 from .compaction import index_signature, merge, plan_full, plan_size_tiered
 from .deletions import mark
+from .files import UncommittedFiles
 from .index import BuildCancelled, build_index
 from .snapshot import SegmentView
 
@@ -140,49 +141,53 @@ class Maintenance:
                with_index: bool) -> CompactionResult:
         """Merge ``group`` into one segment (with its index when ``with_index`` and it is big enough)."""
         start = time.perf_counter()
-        out = merge(group, self.settings, fs=self.fs, directory=self.directory, dim=self.dim, metric=self.metric,
-                    alloc=self._alloc, write=self._write, write_index=self._write_index,
-                    cancel=self._stopping.is_set, with_index=with_index)
-        names = {v.entry.name for v in group}
-        old_files: List[str] = []
-        with self._commit_lock:
-            state = self._state
-            current = {v.entry.name: v for v in state.views}
-            missing = names - set(current)
-            if missing:
-                raise StorageError(f"compaction inputs {sorted(missing)} vanished before commit")
-            merged_deleted = None
-            merged_view = None
-            for v0 in group:
-                v1 = current[v0.entry.name]
-                if v1.deleted is None or out.entry is None:
-                    continue
-                newly = v1.deleted if v0.deleted is None else (v1.deleted & ~v0.deleted)
-                if newly.any():   # deleted or superseded by a flush while we merged
-                    merged_deleted = mark(merged_deleted, out.entry.rows, out.positions[v0.entry.name][newly])
-            new_view = None
-            if out.entry is not None:
-                entry = out.entry
-                if merged_deleted is not None:
-                    dfile, dbytes = self._write_deletions(entry.name, merged_deleted)
-                    entry = replace(entry, deleted=int(merged_deleted.sum()), deletes_file=dfile,
-                                    deletes_bytes=dbytes)
-                new_view = SegmentView(entry, out.data, merged_deleted)
-            merged_view = new_view
-            views = []
-            for v in state.views:
-                if v.entry.name in names:
-                    if new_view is not None:
-                        views.append(new_view)
-                        new_view = None
-                    old_files.extend(v.entry.files())
-                    continue
-                views.append(v)
-            manifest = state.manifest.with_segments([v.entry for v in views],
-                                                    compactions=state.manifest.compactions + 1)
-            self._commit(manifest, views)
-            if merged_view is not None:
-                self._where.stored(merged_view)   # the live ids of the inputs now live here
+        with UncommittedFiles(self.fs, self.directory) as written:
+            out = merge(group, self.settings, fs=self.fs, directory=self.directory, dim=self.dim, metric=self.metric,
+                        alloc=self._alloc, write=lambda file, data: self._write(written.add(file), data),
+                        write_index=lambda segment, index: self._write_index(segment, index, written),
+                        cancel=self._stopping.is_set, with_index=with_index)
+            names = {v.entry.name for v in group}
+            old_files: List[str] = []
+            with self._commit_lock:
+                state = self._state
+                current = {v.entry.name: v for v in state.views}
+                missing = names - set(current)
+                if missing:
+                    raise StorageError(f"compaction inputs {sorted(missing)} vanished before commit")
+                merged_deleted = None
+                merged_view = None
+                for v0 in group:
+                    v1 = current[v0.entry.name]
+                    if v1.deleted is None or out.entry is None:
+                        continue
+                    newly = v1.deleted if v0.deleted is None else (v1.deleted & ~v0.deleted)
+                    if newly.any():   # deleted or superseded by a flush while we merged
+                        merged_deleted = mark(merged_deleted, out.entry.rows, out.positions[v0.entry.name][newly])
+                new_view = None
+                if out.entry is not None:
+                    entry = out.entry
+                    if merged_deleted is not None:
+                        dfile, dbytes = self._write_deletions(entry.name, merged_deleted)
+                        written.add(dfile)
+                        entry = replace(entry, deleted=int(merged_deleted.sum()), deletes_file=dfile,
+                                        deletes_bytes=dbytes)
+                    new_view = SegmentView(entry, out.data, merged_deleted)
+                merged_view = new_view
+                views = []
+                for v in state.views:
+                    if v.entry.name in names:
+                        if new_view is not None:
+                            views.append(new_view)
+                            new_view = None
+                        old_files.extend(v.entry.files())
+                        continue
+                    views.append(v)
+                manifest = state.manifest.with_segments([v.entry for v in views],
+                                                        compactions=state.manifest.compactions + 1)
+                written.committing()
+                self._commit(manifest, views)
+                if merged_view is not None:
+                    self._where.stored(merged_view)   # the live ids of the inputs now live here
         for v in group:
             v.data.retired = True   # readers of older snapshots retry instead of reading removed files
         self._remove(old_files)

@@ -29,7 +29,7 @@ from proxistore.filters import MetadataFilter, column_kind, compile_filter
 from . import parquet
 from .config import ViperSettings, segment_bound
 from .deletions import decode_deletions, encode_deletions, mark
-from .files import fsync_dir, remove_files, write_file
+from .files import UncommittedFiles, fsync_dir, remove_files, write_file
 from .index import AnnIndex
 from .locations import Locations
 from .maintenance import Maintenance
@@ -98,10 +98,10 @@ class ViperCollection(Maintenance, CollectionStore):
     def _write(self, name: str, data: Any) -> int:
         return write_file(self.fs, self.directory, name, data)
 
-    def _write_index(self, segment: str, index: AnnIndex) -> IndexRef:
+    def _write_index(self, segment: str, index: AnnIndex, written: Optional[UncommittedFiles] = None) -> IndexRef:
         data = index.to_bytes()
         file = f"{segment}.{self._alloc():08d}.{index.kind}.{index.backend}"
-        nbytes = self._write(file, data)
+        nbytes = self._write(written.add(file) if written is not None else file, data)
         return IndexRef(file=file, kind=index.kind, backend=index.backend, params=dict(index.params),
                         bytes=nbytes, crc32=zlib.crc32(memoryview(data).cast("B")))
 
@@ -143,52 +143,55 @@ class ViperCollection(Maintenance, CollectionStore):
                                f"flushed_lsn {flushed} of collection {self.info.name!r}")
         ids, vectors, lsns, metadata = _newest_live(rows, self.dim)
         new_view = None
-        nbytes = 0
-        if ids:
-            t = time.perf_counter()
-            name = f"seg-{self._alloc():08d}"
-            table = parquet.table_from_rows(ids, vectors, lsns, metadata, self.dim)
-            buf = parquet.encode(table)
-            phases["encode"] = time.perf_counter() - t
-            t = time.perf_counter()
-            file = name + ".parquet"
-            nbytes = self._write(file, buf)
-            phases["write"] = time.perf_counter() - t
-            data = SegmentData(name, os.path.join(self.directory, file), self.dim, self.metric,
-                               np.array(ids, dtype=object), lsns, parquet.metadata_of(table), vectors=vectors,
-                               fs=self.fs)
-            entry = SegmentEntry(name=name, file=file, rows=len(ids), bytes=nbytes,
-                                 min_lsn=int(lsns.min()), max_lsn=int(lsns.max()))
-            new_view = SegmentView(entry, data, None)
-        old_files: List[str] = []
-        with self._commit_lock:
-            t = time.perf_counter()
-            state = self._state
-            targets = set(ids)
-            targets.update(rows.deleted_ids)
-            hits = self._where.group(targets)
-            views = []
-            for view in state.views:
-                pairs = hits.get(view.data)
-                if not pairs:
-                    views.append(view)
-                    continue
-                deleted = mark(view.deleted, view.data.n, [row for _, row in pairs])
-                dfile, dbytes = self._write_deletions(view.entry.name, deleted)
-                nbytes += dbytes
-                if view.entry.deletes_file:
-                    old_files.append(view.entry.deletes_file)
-                entry = replace(view.entry, deleted=int(deleted.sum()), deletes_file=dfile, deletes_bytes=dbytes)
-                views.append(SegmentView(entry, view.data, deleted))
-            if new_view is not None:
-                views.append(new_view)
-            phases["deletion_vectors"] = time.perf_counter() - t
-            manifest = state.manifest.with_segments([v.entry for v in views],
-                                                    flushed_lsn=max(flushed, int(rows.max_lsn)))
-            self._commit(manifest, views, phases)
-            self._where.removed(targets.difference(ids))
-            if new_view is not None:
-                self._where.stored(new_view)
+        with UncommittedFiles(self.fs, self.directory) as written:
+            nbytes = 0
+            if ids:
+                t = time.perf_counter()
+                name = f"seg-{self._alloc():08d}"
+                table = parquet.table_from_rows(ids, vectors, lsns, metadata, self.dim)
+                buf = parquet.encode(table)
+                phases["encode"] = time.perf_counter() - t
+                t = time.perf_counter()
+                file = name + ".parquet"
+                nbytes = self._write(written.add(file), buf)
+                phases["write"] = time.perf_counter() - t
+                data = SegmentData(name, os.path.join(self.directory, file), self.dim, self.metric,
+                                   np.array(ids, dtype=object), lsns, parquet.metadata_of(table), vectors=vectors,
+                                   fs=self.fs)
+                entry = SegmentEntry(name=name, file=file, rows=len(ids), bytes=nbytes,
+                                     min_lsn=int(lsns.min()), max_lsn=int(lsns.max()))
+                new_view = SegmentView(entry, data, None)
+            old_files: List[str] = []
+            with self._commit_lock:
+                t = time.perf_counter()
+                state = self._state
+                targets = set(ids)
+                targets.update(rows.deleted_ids)
+                hits = self._where.group(targets)
+                views = []
+                for view in state.views:
+                    pairs = hits.get(view.data)
+                    if not pairs:
+                        views.append(view)
+                        continue
+                    deleted = mark(view.deleted, view.data.n, [row for _, row in pairs])
+                    dfile, dbytes = self._write_deletions(view.entry.name, deleted)
+                    written.add(dfile)
+                    nbytes += dbytes
+                    if view.entry.deletes_file:
+                        old_files.append(view.entry.deletes_file)
+                    entry = replace(view.entry, deleted=int(deleted.sum()), deletes_file=dfile, deletes_bytes=dbytes)
+                    views.append(SegmentView(entry, view.data, deleted))
+                if new_view is not None:
+                    views.append(new_view)
+                phases["deletion_vectors"] = time.perf_counter() - t
+                manifest = state.manifest.with_segments([v.entry for v in views],
+                                                        flushed_lsn=max(flushed, int(rows.max_lsn)))
+                written.committing()
+                self._commit(manifest, views, phases)
+                self._where.removed(targets.difference(ids))
+                if new_view is not None:
+                    self._where.stored(new_view)
         self._remove(old_files)
         self.events["flushes"] += 1
         return SegmentWriteResult(segment=new_view.entry.name if new_view else None, rows=len(ids),
