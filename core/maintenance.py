@@ -91,6 +91,8 @@ class Maintenance:
         self.heap_release_seconds = 0.0
         self.errors: Deque[str] = deque(maxlen=ERRORS_KEPT)
         self.error_count = 0
+        self.policy_failures: Dict[str, int] = {}       # policy -> checks that raised, since open
+        self._failing_policies: Dict[str, str] = {}     # policy -> its last error, while it fails
         # requests of other processes are taken by this thread (not one of their own), so that
         # taking one shows the scheduler runs (control.py)
         self._responder = responder
@@ -144,24 +146,52 @@ class Maintenance:
             log.exception("could not take a control request")
 
     def tick(self) -> None:
-        """Ask every policy once, freeze what is due, and start draining what is frozen."""
+        """Ask every policy once, freeze what is due, and start draining what is frozen.
+
+        A policy that raises, or a collection that cannot be frozen, is reported and skipped:
+        the other policies are still enforced and the other collections still flushed."""
         self.ticks += 1
         state = self.db.database_state()
         now = time.monotonic()
         seen: Set[str] = set()
         for policy in self.policies:
-            for request in policy.due(state):
+            requests = self._ask(policy, state)
+            for request in requests:
                 name = request.collection
                 if name in seen or self._retry_at.get(name, 0.0) > now:
                     continue
                 seen.add(name)
                 rt = self.db.runtime_or_none(name)
-                if rt is not None:
+                if rt is None:
+                    continue
+                try:
                     freeze_for(rt, request)
+                except Exception as exc:  # this collection stays unfrozen; the next tick asks again
+                    log.error("could not freeze %s for a flush (%s): %s", name, request.describe(), exc)
+                    self._note_error(f"{name}: freeze failed: {type(exc).__name__}: {exc}")
         for rt in self.db.runtimes():
             if rt.oldest_frozen() is not None:
                 self.submit_drain(rt.name, now)
         self._submit_storage_work()
+
+    def _ask(self, policy: FlushPolicy, state: Any) -> List[Any]:
+        """``policy.due(state)``; a policy that raises is reported when it starts failing (or
+        fails differently), counted on every tick, and answers nothing until it works again."""
+        name = policy.name
+        try:
+            requests = list(policy.due(state))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self.policy_failures[name] = self.policy_failures.get(name, 0) + 1
+            if self._failing_policies.get(name) != error:
+                self._failing_policies[name] = error
+                log.error("flush policy %r failed; its thresholds are not enforced until it works again "
+                          "(the other policies are): %s", name, error, exc_info=exc)
+                self._note_error(f"policy {name}: {error}")
+            return []
+        if self._failing_policies.pop(name, None) is not None:
+            log.warning("flush policy %r works again after %d failed checks", name, self.policy_failures[name])
+        return requests
 
     def submit_drain(self, name: str, now: Optional[float] = None) -> Optional[Future]:
         """Start a worker flushing ``name``'s frozen memtables, unless one runs or a retry waits."""
@@ -357,4 +387,5 @@ class Maintenance:
         return {"ticks": self.ticks, "check_interval": self.check_interval, "paused": self._paused,
                 "flushing": running, "retry_in_seconds": backoff, "storage_retry_in_seconds": storage_backoff,
                 "errors": list(self.errors), "error_count": self.error_count,
+                "policy_failures": dict(self.policy_failures),
                 "heap_releases": self.heap_releases, "heap_release_seconds": self.heap_release_seconds}

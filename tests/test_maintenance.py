@@ -298,3 +298,45 @@ def test_a_process_that_exits_without_close_prints_nothing_and_loses_nothing(tmp
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         with proxistore.open(path) as db:
             assert db.collection("c").count() == 3000
+
+
+class BrokenPolicy(SizePolicy):
+    """A third-party policy with a bug: while ``broken``, asking it which collections are due raises."""
+
+    broken = True
+
+    def due(self, state):
+        if BrokenPolicy.broken:
+            raise RuntimeError("bug in a third-party policy")
+        return []
+
+
+def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_path, caplog):
+    plugin = types.SimpleNamespace(__name__="broken_policy")
+    plugin.proxistore_flush_policies = proxistore.hookimpl(lambda: [FlushPolicySpec("broken", BrokenPolicy, ())])
+    reg = build_registry(include_external=False, extra_plugins=(plugin,))
+    cfg = {"flush": {"policies": ["broken", "size", "manual"], "size": {"memory_flush_size_bytes": "20kB"}},
+           "maintenance": {"check_interval": "20ms"}}
+    caplog.set_level(logging.INFO, logger="proxistore")
+    with proxistore.open(tmp_path / "db", cfg, registry=reg) as db:
+        col = db.create_collection("c", dim=32)
+        col.insert([f"r{i}" for i in range(200)], rows(200))           # 25.6 kB > 20 kB
+        deadline = time.monotonic() + 5
+        while db.stats()["collections"]["c"]["flushes"]["by_policy"].get("size", 0) == 0:
+            assert time.monotonic() < deadline, "the size policy was not enforced beside a failing policy"
+            time.sleep(0.01)
+        time.sleep(0.5)                                                  # ~25 more ticks
+        m = db.stats()["maintenance"]
+        assert m["policy_failures"]["broken"] >= 10, m
+        assert any("broken" in e and "bug in a third-party policy" in e for e in m["errors"]), m["errors"]
+        # said once, not on every tick
+        said = [r for r in caplog.records if "broken" in r.getMessage() and r.levelno >= logging.ERROR]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        BrokenPolicy.broken = False
+        try:
+            deadline = time.monotonic() + 5
+            while not any("works again" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the policy's recovery was not reported"
+                time.sleep(0.01)
+        finally:
+            BrokenPolicy.broken = True
