@@ -349,17 +349,26 @@ class Database:
         })
 
     def why(self, name: str) -> List[Dict[str, Any]]:
-        """Every enabled policy's thresholds for ``name`` with the value each measures now."""
+        """Every enabled policy's thresholds for ``name`` with the value each measures now.
+
+        ``failing`` is set on the rows of a policy that raises (its readings, or the checks of
+        background maintenance): its thresholds are not enforced while it does."""
         self._runtime(name)
         state = self.database_state()
+        failing = self.maintenance.failing_policies()
         rows = []
         for policy in self.policies:
-            for r in policy.readings(state, name):
+            try:
+                readings = list(policy.readings(state, name))
+                error = failing.get(policy.name)
+            except Exception as exc:  # third-party code: report it in the answer, not instead of it
+                readings, error = [], f"{type(exc).__name__}: {exc}"
+            for r in readings:
                 rows.append({"policy": r.policy, "key": r.key, "threshold": r.threshold,
-                             "measured": r.measured, "unit": r.unit, "due": r.due})
-            if not policy.readings(state, name):
+                             "measured": r.measured, "unit": r.unit, "due": r.due, "failing": error})
+            if not readings:
                 rows.append({"policy": policy.name, "key": None, "threshold": None, "measured": None,
-                             "unit": "", "due": False})
+                             "unit": "", "due": False, "failing": error})
         return jsonable(rows)
 
     def _answer_control(self, request: Mapping[str, Any]) -> Dict[str, Any]:

@@ -193,6 +193,10 @@ class Maintenance:
             log.warning("flush policy %r works again after %d failed checks", name, self.policy_failures[name])
         return requests
 
+    def failing_policies(self) -> Dict[str, str]:
+        """Policies whose last check raised, with that error."""
+        return dict(self._failing_policies)
+
     def submit_drain(self, name: str, now: Optional[float] = None) -> Optional[Future]:
         """Start a worker flushing ``name``'s frozen memtables, unless one runs or a retry waits."""
         now = time.monotonic() if now is None else now

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import proxistore
+from proxistore.cli.admin import _why
+from proxistore.cli.output import Output
 from proxistore.errors import CloseTimeout
 from proxistore.fileio import LocalFileSystem
 from proxistore.plugins.flush_policies.size import SIZE_KEYS, SizePolicy
@@ -310,8 +312,11 @@ class BrokenPolicy(SizePolicy):
             raise RuntimeError("bug in a third-party policy")
         return []
 
+    def readings(self, state, collection):
+        return []
 
-def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_path, caplog):
+
+def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_path, caplog, capsys):
     plugin = types.SimpleNamespace(__name__="broken_policy")
     plugin.proxistore_flush_policies = proxistore.hookimpl(lambda: [FlushPolicySpec("broken", BrokenPolicy, ())])
     reg = build_registry(include_external=False, extra_plugins=(plugin,))
@@ -332,6 +337,15 @@ def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_p
         # said once, not on every tick
         said = [r for r in caplog.records if "broken" in r.getMessage() and r.levelno >= logging.ERROR]
         assert len(said) == 1, [r.getMessage() for r in said]
+        # stats --why says so
+        why = {r["policy"]: r for r in db.why("c")}
+        assert "bug in a third-party policy" in why["broken"]["failing"] and why["size"]["failing"] is None
+        _why("c", db.why("c"), db.stats(), Output())                  # what `proxistore stats --why c` prints
+        assert "policy 'broken' is failing (RuntimeError: bug in a third-party policy)" in capsys.readouterr().out
+        policy = next(p for p in db.policies if p.name == "broken")
+        policy.readings = lambda state, collection: 1 / 0
+        why = {r["policy"]: r for r in db.why("c")}
+        assert "ZeroDivisionError" in why["broken"]["failing"] and why["size"]["key"] == "memory_flush_size_bytes"
         BrokenPolicy.broken = False
         try:
             deadline = time.monotonic() + 5
