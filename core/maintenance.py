@@ -97,6 +97,7 @@ class Maintenance:
         # taking one shows the scheduler runs (control.py)
         self._responder = responder
         self._next_control_poll = 0.0
+        self.died: Optional[str] = None      # why the scheduler thread ended before close()
         self._thread = threading.Thread(target=self._loop, name="proxistore-maintenance", daemon=True)
 
     def start(self) -> None:
@@ -113,6 +114,14 @@ class Maintenance:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._schedule()
+        except BaseException as exc:  # noqa: B902 - the thread ends either way; this says so, loudly
+            self.died = f"{type(exc).__name__}: {exc}"
+            log.critical("background maintenance stopped (%s): no flush policy is enforced and no flush "
+                         "or compaction runs until the database is reopened", self.died, exc_info=exc)
+
+    def _schedule(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.check_interval)
             self._wake.clear()
@@ -382,14 +391,23 @@ class Maintenance:
                                f"compaction job(s) and gave up; acknowledged writes remain recoverable "
                                f"from the WAL on the next open")
 
+    def _scheduler_state(self) -> str:
+        """running, paused, stopped (by close()), or died: <the error that ended it>."""
+        if self.died is not None:
+            return f"died: {self.died}"
+        if self._stop.is_set() or not self._thread.is_alive():
+            return "stopped"
+        return "paused" if self._paused else "running"
+
     def stats(self) -> Dict[str, Any]:
         with self._lock:
             running = sorted(n for n, f in self._running.items() if not f.done())
             now = time.monotonic()
             backoff = {n: round(t - now, 3) for n, t in self._retry_at.items() if t > now}
             storage_backoff = {n: round(t - now, 3) for n, (_, t) in self._storage_retry.items() if t > now}
-        return {"ticks": self.ticks, "check_interval": self.check_interval, "paused": self._paused,
+        return {"scheduler": self._scheduler_state(),
+                "ticks": self.ticks, "check_interval": self.check_interval, "paused": self._paused,
                 "flushing": running, "retry_in_seconds": backoff, "storage_retry_in_seconds": storage_backoff,
                 "errors": list(self.errors), "error_count": self.error_count,
-                "policy_failures": dict(self.policy_failures),
+                "policy_failures": dict(self.policy_failures), "failing_policies": self.failing_policies(),
                 "heap_releases": self.heap_releases, "heap_release_seconds": self.heap_release_seconds}

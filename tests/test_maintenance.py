@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import proxistore
-from proxistore.cli.admin import _why
+from proxistore.cli.admin import _render_database, _why
 from proxistore.cli.output import Output
 from proxistore.errors import CloseTimeout
 from proxistore.fileio import LocalFileSystem
@@ -342,6 +342,8 @@ def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_p
         assert "bug in a third-party policy" in why["broken"]["failing"] and why["size"]["failing"] is None
         _why("c", db.why("c"), db.stats(), Output())                  # what `proxistore stats --why c` prints
         assert "policy 'broken' is failing (RuntimeError: bug in a third-party policy)" in capsys.readouterr().out
+        _render_database(Output(), db.stats())                        # and `proxistore stats`
+        assert "policy 'broken' is failing (RuntimeError: bug in a third-party policy)" in capsys.readouterr().out
         policy = next(p for p in db.policies if p.name == "broken")
         policy.readings = lambda state, collection: 1 / 0
         why = {r["policy"]: r for r in db.why("c")}
@@ -354,3 +356,34 @@ def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_p
                 time.sleep(0.01)
         finally:
             BrokenPolicy.broken = True
+
+
+class ExitingPolicy(SizePolicy):
+    """A third-party policy that calls sys.exit() from the scheduler's thread."""
+
+    def due(self, state):
+        raise SystemExit("a plugin called sys.exit()")
+
+
+def test_a_scheduler_that_dies_says_so_in_the_log_and_in_stats(tmp_path, caplog, capsys):
+    plugin = types.SimpleNamespace(__name__="exiting_policy")
+    plugin.proxistore_flush_policies = proxistore.hookimpl(lambda: [FlushPolicySpec("exiting", ExitingPolicy, ())])
+    reg = build_registry(include_external=False, extra_plugins=(plugin,))
+    cfg = {"flush": {"policies": ["exiting", "manual"]}, "maintenance": {"check_interval": "20ms"}}
+    caplog.set_level(logging.INFO, logger="proxistore")
+    with proxistore.open(tmp_path / "db", cfg, registry=reg) as db:
+        col = db.create_collection("c", dim=32)
+        assert db.stats()["maintenance"]["scheduler"] in ("running", "died: SystemExit: a plugin called sys.exit()")
+        col.insert(["a"], rows(1))
+        deadline = time.monotonic() + 5
+        while db.stats()["maintenance"]["scheduler"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert db.stats()["maintenance"]["scheduler"] == "died: SystemExit: a plugin called sys.exit()"
+        assert any(r.levelno == logging.CRITICAL and "no flush policy is enforced" in r.getMessage()
+                   for r in caplog.records)
+        _render_database(Output(), db.stats())
+        assert "background maintenance is NOT running (died: SystemExit" in capsys.readouterr().out
+        assert col.count() == 1 and db.flush("c")[0]["rows"] == 1    # the data path still works
+    with proxistore.open(tmp_path / "db") as db:
+        assert db.stats()["maintenance"]["scheduler"] == "running"

@@ -251,6 +251,21 @@ def _render_database(out: Output, s: Mapping[str, Any]) -> None:
     out.table(["collection", "rows", "unflushed rows", "memtable", "WAL", "segments",
                "flushes this session", "last flush"], rows,
               right=("rows", "unflushed rows", "memtable", "WAL", "segments"), empty="no collections")
+    _render_maintenance_problems(out, s.get("maintenance") or {})
+
+
+def _render_maintenance_problems(out: Output, m: Mapping[str, Any]) -> None:
+    """What is wrong with background maintenance, if anything: the operator's first question."""
+    state = m.get("scheduler", "running")
+    if state not in ("running", "paused"):
+        out.print(f"background maintenance is NOT running ({state}): no flush policy is enforced and "
+                  f"nothing is flushed or compacted until the database is reopened")
+    for policy, error in (m.get("failing_policies") or {}).items():
+        out.print(f"policy {policy!r} is failing ({error}): its thresholds are not enforced until it works again")
+    for name, seconds in (m.get("storage_retry_in_seconds") or {}).items():
+        out.print(f"storage work (merges, index builds) of {name!r} failed; retrying in {fmt_seconds(seconds)}")
+    if m.get("error_count"):
+        out.print(f"background errors since open: {m['error_count']}; the last: {shorten(m['errors'][-1], 200)}")
 
 
 def _render_collection(out: Output, name: str, c: Mapping[str, Any], units: Mapping) -> None:
@@ -294,6 +309,8 @@ def _why(name: str, readings: List[Dict[str, Any]], stats: Mapping[str, Any], ou
                   title=f"why has {name!r} not flushed yet?")
         for policy, error in dict.fromkeys((r["policy"], r["failing"]) for r in readings if r.get("failing")):
             out.print(f"policy {policy!r} is failing ({error}): its thresholds are not enforced until it works again")
+        if stats["maintenance"].get("scheduler", "running") not in ("running", "paused"):
+            _render_maintenance_problems(out, {"scheduler": stats["maintenance"]["scheduler"]})
         if mt["rows"] == 0:
             out.print(f"nothing to flush: the memtable of {name!r} is empty; every acknowledged row is in a segment")
         elif due:
