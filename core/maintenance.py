@@ -164,8 +164,7 @@ class Maintenance:
         now = time.monotonic()
         seen: Set[str] = set()
         for policy in self.policies:
-            requests = self._ask(policy, state)
-            for request in requests:
+            for request in self._ask(policy, state):
                 name = request.collection
                 if name in seen or self._retry_at.get(name, 0.0) > now:
                     continue

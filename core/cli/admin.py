@@ -307,10 +307,9 @@ def _why(name: str, readings: List[Dict[str, Any]], stats: Mapping[str, Any], ou
                     fmt_value(r["threshold"], r["unit"]), fmt_value(r["measured"], r["unit"]),
                     "yes" if r["due"] else "no"] for r in readings],
                   title=f"why has {name!r} not flushed yet?")
-        for policy, error in dict.fromkeys((r["policy"], r["failing"]) for r in readings if r.get("failing")):
-            out.print(f"policy {policy!r} is failing ({error}): its thresholds are not enforced until it works again")
-        if stats["maintenance"].get("scheduler", "running") not in ("running", "paused"):
-            _render_maintenance_problems(out, {"scheduler": stats["maintenance"]["scheduler"]})
+        _render_maintenance_problems(out, {
+            "scheduler": stats["maintenance"].get("scheduler", "running"),
+            "failing_policies": {r["policy"]: r["failing"] for r in readings if r.get("failing")}})
         if mt["rows"] == 0:
             out.print(f"nothing to flush: the memtable of {name!r} is empty; every acknowledged row is in a segment")
         elif due:

@@ -133,6 +133,24 @@ class ViperCollection(Maintenance, CollectionStore):
     def flushed_lsn(self) -> int:
         return self._state.manifest.flushed_lsn
 
+    def _new_segment(self, ids: List[str], vectors: np.ndarray, lsns: np.ndarray, metadata: list,
+                     written: UncommittedFiles, phases: Dict[str, float]) -> SegmentView:
+        """Encode and write the Parquet file of a flush's live rows (not yet committed)."""
+        t = time.perf_counter()
+        name = f"seg-{self._alloc():08d}"
+        table = parquet.table_from_rows(ids, vectors, lsns, metadata, self.dim)
+        buf = parquet.encode(table)
+        phases["encode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        file = name + ".parquet"
+        nbytes = self._write(written.add(file), buf)
+        phases["write"] = time.perf_counter() - t
+        data = SegmentData(name, os.path.join(self.directory, file), self.dim, self.metric,
+                           np.array(ids, dtype=object), lsns, parquet.metadata_of(table), vectors=vectors, fs=self.fs)
+        entry = SegmentEntry(name=name, file=file, rows=len(ids), bytes=nbytes,
+                             min_lsn=int(lsns.min()), max_lsn=int(lsns.max()))
+        return SegmentView(entry, data, None)
+
     def write_segment(self, rows: SegmentRows) -> SegmentWriteResult:
         """Write the live rows as a new segment, mark what they supersede or delete in older
         segments' deletion vectors, and record ``rows.max_lsn`` — in one manifest commit."""
@@ -142,25 +160,9 @@ class ViperCollection(Maintenance, CollectionStore):
             raise StorageError(f"write_segment: rows up to LSN {rows.max_lsn} are not above "
                                f"flushed_lsn {flushed} of collection {self.info.name!r}")
         ids, vectors, lsns, metadata = _newest_live(rows, self.dim)
-        new_view = None
         with UncommittedFiles(self.fs, self.directory) as written:
-            nbytes = 0
-            if ids:
-                t = time.perf_counter()
-                name = f"seg-{self._alloc():08d}"
-                table = parquet.table_from_rows(ids, vectors, lsns, metadata, self.dim)
-                buf = parquet.encode(table)
-                phases["encode"] = time.perf_counter() - t
-                t = time.perf_counter()
-                file = name + ".parquet"
-                nbytes = self._write(written.add(file), buf)
-                phases["write"] = time.perf_counter() - t
-                data = SegmentData(name, os.path.join(self.directory, file), self.dim, self.metric,
-                                   np.array(ids, dtype=object), lsns, parquet.metadata_of(table), vectors=vectors,
-                                   fs=self.fs)
-                entry = SegmentEntry(name=name, file=file, rows=len(ids), bytes=nbytes,
-                                     min_lsn=int(lsns.min()), max_lsn=int(lsns.max()))
-                new_view = SegmentView(entry, data, None)
+            new_view = self._new_segment(ids, vectors, lsns, metadata, written, phases) if ids else None
+            nbytes = new_view.entry.bytes if new_view is not None else 0
             old_files: List[str] = []
             with self._commit_lock:
                 t = time.perf_counter()
