@@ -26,6 +26,7 @@ __all__ = [
     "DatabaseClosed",
     "DatabaseLocked",
     "HolderUnresponsive",
+    "MaintenanceStopped",
     "StorageError",
     "WalError",
     "WalCorruption",
@@ -137,6 +138,12 @@ class HolderUnresponsive(ProxistoreError):
     """The process that has the data directory open did not take a request from the
     ``proxistore`` command in time (its background maintenance, which takes them, is not
     running), or exited before answering it."""
+
+
+class MaintenanceStopped(ProxistoreError):
+    """Background maintenance, which enforces the flush policies, has stopped in this process
+    (``stats()["maintenance"]["scheduler"]`` says why): writes are refused until the database
+    is reopened, since no threshold would be enforced for them. Reads and ``flush()`` work."""
 
 
 class DataDirectoryError(ProxistoreError):

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from .contracts import FlushPolicy
-from .errors import CloseTimeout, FlushError
+from .errors import CloseTimeout, FlushError, MaintenanceStopped
 from .flush import drain, freeze_for
 from .heap import release_free_heap
 from .control import ControlResponder
@@ -389,6 +389,14 @@ class Maintenance:
             raise CloseTimeout(f"close() waited {timeout:g}s for {jobs} background flush or "
                                f"compaction job(s) and gave up; acknowledged writes remain recoverable "
                                f"from the WAL on the next open")
+
+    def check_running(self) -> None:
+        """Refuse a write when the scheduler has died (not when paused or closing): nothing would
+        enforce a threshold for it. Called first by every write."""
+        if self.died is not None:
+            raise MaintenanceStopped(f"background maintenance of {self.db.path!r} stopped ({self.died}): "
+                                     f"no flush policy is enforced, so writes are refused until the database "
+                                     f"is reopened; reads and flush() still work")
 
     def _scheduler_state(self) -> str:
         """running, paused, stopped (by close()), or died: <the error that ended it>."""

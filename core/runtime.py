@@ -78,6 +78,7 @@ class CollectionRuntime:
     def write(self, op: str, ids: List[str], vectors: Optional[np.ndarray],
               metadata: Optional[Sequence[Any]]) -> int:
         """Durably apply one batch and return its first LSN (the acknowledgement)."""
+        self.db.maintenance.check_running()
         reserve = len(ids) * ((self.dim * 4 if vectors is not None else 0) + ROW_OVERHEAD_ESTIMATE)
         self.db.admission.admit(reserve, self.name)
         try:

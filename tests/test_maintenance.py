@@ -18,7 +18,7 @@ import pytest
 import proxistore
 from proxistore.cli.admin import _render_database, _why
 from proxistore.cli.output import Output
-from proxistore.errors import CloseTimeout
+from proxistore.errors import CloseTimeout, MaintenanceStopped
 from proxistore.fileio import LocalFileSystem
 from proxistore.plugins.flush_policies.size import SIZE_KEYS, SizePolicy
 from proxistore.registry import build_registry
@@ -384,6 +384,13 @@ def test_a_scheduler_that_dies_says_so_in_the_log_and_in_stats(tmp_path, caplog,
                    for r in caplog.records)
         _render_database(Output(), db.stats())
         assert "background maintenance is NOT running (died: SystemExit" in capsys.readouterr().out
-        assert col.count() == 1 and db.flush("c")[0]["rows"] == 1    # the data path still works
+        # no threshold would be enforced for a new write: refused, and nothing of it is kept
+        with pytest.raises(MaintenanceStopped, match="SystemExit: a plugin called sys.exit"):
+            col.insert(["b"], rows(1))
+        assert col.get(["b"]) == [None]
+        assert col.count() == 1 and db.flush("c")[0]["rows"] == 1    # reads and flush() still work
+        assert col.search(rows(1)[0], k=1)[0].id == "a"
     with proxistore.open(tmp_path / "db") as db:
         assert db.stats()["maintenance"]["scheduler"] == "running"
+        assert db.collection("c").count() == 1
+        db.collection("c").insert(["b"], rows(1))                   # reopened: writes are taken again
