@@ -23,7 +23,7 @@ from .admission import Admission
 from .catalog import CATALOG_DIR, Catalog, collection_file
 from .collection import Collection
 from .config import EffectiveConfig, load_config, validate_collection_overrides
-from .contracts import CompactionResult, DatabaseState
+from .contracts import CollectionState, CompactionResult, DatabaseState, FlushRequest
 from .errors import (CollectionExists, CollectionNotFound, DataDirectoryError, DatabaseClosed,
                      PolicyNotEnabled, ProxistoreError)
 from .events import CompactionEvent, RecoveryEvent
@@ -280,7 +280,7 @@ class Database:
         for n in names:
             rt = self._runtime(n)
             state = rt.state(time.monotonic())
-            request = next((r for r in (p.request(state) for p in self.policies) if r is not None), None)
+            request = self._explicit_request(state)
             if request is None:
                 raise PolicyNotEnabled(f"no enabled flush policy answers explicit flush requests; add "
                                        f"'manual' to flush.policies (enabled: {self.config.policies})",
@@ -291,6 +291,19 @@ class Database:
                 events.append(frozen.flush_event)   # a background worker flushed it meanwhile
             done += [e.to_dict() for e in events]
         return done
+
+    def _explicit_request(self, state: CollectionState) -> Optional[FlushRequest]:
+        """The first enabled policy's answer to an explicit flush request, or None; a policy
+        that raises is logged and skipped, as background maintenance does."""
+        for policy in self.policies:
+            try:
+                request = policy.request(state)
+            except Exception as exc:  # third-party code: the next policy (manual) may answer
+                log.error("flush policy %r failed on an explicit flush request: %s", policy.name, exc)
+                continue
+            if request is not None:
+                return request
+        return None
 
     def compact(self, name: Optional[str] = None) -> List[Dict[str, Any]]:
         """Compact (merge segments, build indexes) now and wait."""

@@ -315,6 +315,11 @@ class BrokenPolicy(SizePolicy):
     def readings(self, state, collection):
         return []
 
+    def request(self, state):
+        if BrokenPolicy.broken:
+            raise RuntimeError("bug in a third-party policy")
+        return None
+
 
 def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_path, caplog, capsys):
     plugin = types.SimpleNamespace(__name__="broken_policy")
@@ -348,6 +353,8 @@ def test_a_policy_that_raises_does_not_stop_the_others_from_being_enforced(tmp_p
         policy.readings = lambda state, collection: 1 / 0
         why = {r["policy"]: r for r in db.why("c")}
         assert "ZeroDivisionError" in why["broken"]["failing"] and why["size"]["key"] == "memory_flush_size_bytes"
+        col.insert(["late"], rows(1, seed=5))
+        assert [e["reason"]["policy"] for e in db.flush("c")] == ["manual"]   # db.flush() still answered
         BrokenPolicy.broken = False
         try:
             deadline = time.monotonic() + 5
