@@ -93,6 +93,7 @@ class Maintenance:
         self.error_count = 0
         self.policy_failures: Dict[str, int] = {}       # policy -> checks that raised, since open
         self._failing_policies: Dict[str, str] = {}     # policy -> its last error, while it fails
+        self._failing_probes: Dict[str, str] = {}       # collection -> last error of has_background_work()
         # requests of other processes are taken by this thread (not one of their own), so that
         # taking one shows the scheduler runs (control.py)
         self._responder = responder
@@ -259,7 +260,16 @@ class Maintenance:
         flushes = self._flushes_of(rt.name)
         if flushes is None or self._storage_seen.get(rt.name) != flushes:
             return True
-        return bool(rt.store.has_background_work())
+        try:
+            return bool(rt.store.has_background_work())
+        except Exception as exc:  # a third-party engine: said once; its work still runs after each flush
+            error = f"{type(exc).__name__}: {exc}"
+            if self._failing_probes.get(rt.name) != error:
+                self._failing_probes[rt.name] = error
+                log.error("has_background_work() of %s failed; its storage work runs only after its flushes: %s",
+                          rt.name, error, exc_info=exc)
+                self._note_error(f"{rt.name}: has_background_work failed: {error}")
+            return False
 
     def _flushes_of(self, name: str) -> Optional[int]:
         """Successful flushes of ``name`` since open; None before its flush log exists."""

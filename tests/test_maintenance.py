@@ -401,3 +401,24 @@ def test_a_scheduler_that_dies_says_so_in_the_log_and_in_stats(tmp_path, caplog,
         assert db.stats()["maintenance"]["scheduler"] == "running"
         assert db.collection("c").count() == 1
         db.collection("c").insert(["b"], rows(1))                   # reopened: writes are taken again
+
+
+def test_a_storage_engine_whose_has_background_work_raises_is_reported_once(tmp_path, caplog):
+    cfg = {"flush": {"policies": ["manual"]}, "maintenance": {"check_interval": "20ms"},
+           "storage": {"viper": {"indexing_threshold": 50, "auto_compaction": False}}}
+    caplog.set_level(logging.INFO, logger="proxistore")
+    with proxistore.open(tmp_path / "db", cfg) as db:
+        a, b = db.create_collection("a", dim=32), db.create_collection("b", dim=32)
+        db.runtime_or_none("a").store.has_background_work = lambda: 1 / 0     # a third-party engine's bug
+        for col, seed in ((a, 1), (b, 2)):
+            col.insert([f"{col.name}{i}" for i in range(100)], rows(100, seed=seed))
+            db.flush(col.name)
+        deadline = time.monotonic() + 10
+        while any(db.stats()["collections"][n]["storage"]["indexed_segments"] < 1 for n in "ab"):
+            assert time.monotonic() < deadline, "storage work did not run beside the failing probe"
+            time.sleep(0.01)
+        time.sleep(0.5)                                   # ~25 ticks, each asking a again
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len([m for m in said if "has_background_work() of a failed" in m]) == 1, said
+        assert not [m for m in said if "tick failed" in m], said
+        assert any("ZeroDivisionError" in e for e in db.stats()["maintenance"]["errors"])
