@@ -94,6 +94,8 @@ class Maintenance:
         self.policy_failures: Dict[str, int] = {}       # policy -> checks that raised, since open
         self._failing_policies: Dict[str, str] = {}     # policy -> its last error, while it fails
         self._failing_probes: Dict[str, str] = {}       # collection -> last error of has_background_work()
+        self.failed_ticks = 0
+        self._tick_error: Optional[str] = None          # the last tick's error, while ticks fail
         # requests of other processes are taken by this thread (not one of their own), so that
         # taking one shows the scheduler runs (control.py)
         self._responder = responder
@@ -133,11 +135,18 @@ class Maintenance:
                 continue
             try:
                 self.tick()
+                if self._tick_error is not None:
+                    log.warning("maintenance ticks work again after %d failed", self.failed_ticks)
+                    self._tick_error = None
             except _PoolShutDown:
                 break
-            except Exception:  # the scheduler must survive any single bad tick; logged and counted
-                log.exception("maintenance tick failed")
-                self._note_error("tick failed")
+            except Exception as exc:  # the scheduler must survive any bad tick: counted, said when new
+                self.failed_ticks += 1
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self._tick_error:
+                    self._tick_error = error
+                    log.exception("maintenance tick failed (said again only when the error changes)")
+                    self._note_error(f"tick failed: {error}")
             finally:
                 with self._ticked:
                     self._ticks_completed += 1
@@ -427,4 +436,5 @@ class Maintenance:
                 "flushing": running, "retry_in_seconds": backoff, "storage_retry_in_seconds": storage_backoff,
                 "errors": list(self.errors), "error_count": self.error_count,
                 "policy_failures": dict(self.policy_failures), "failing_policies": self.failing_policies(),
+                "failed_ticks": self.failed_ticks,
                 "heap_releases": self.heap_releases, "heap_release_seconds": self.heap_release_seconds}

@@ -422,3 +422,21 @@ def test_a_storage_engine_whose_has_background_work_raises_is_reported_once(tmp_
         assert len([m for m in said if "has_background_work() of a failed" in m]) == 1, said
         assert not [m for m in said if "tick failed" in m], said
         assert any("ZeroDivisionError" in e for e in db.stats()["maintenance"]["errors"])
+
+
+def test_a_tick_that_keeps_failing_is_logged_once_and_counted(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="proxistore")
+    with proxistore.open(tmp_path / "db", {"maintenance": {"check_interval": "20ms"}}) as db:
+        db.create_collection("c", dim=32)
+        state = db.database_state
+        db.database_state = lambda: 1 / 0
+        time.sleep(0.5)                                   # ~25 ticks
+        m = db.stats()["maintenance"]
+        said = [r for r in caplog.records if "tick failed" in r.getMessage()]
+        assert m["failed_ticks"] >= 10 and len(said) == 1, (m["failed_ticks"], len(said))
+        assert m["errors"] == ["tick failed: ZeroDivisionError: division by zero"]
+        db.database_state = state
+        deadline = time.monotonic() + 5
+        while not any("ticks work again" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the recovery was not reported"
+            time.sleep(0.01)
