@@ -92,10 +92,10 @@ class Maintenance:
         self.errors: Deque[str] = deque(maxlen=ERRORS_KEPT)
         self.error_count = 0
         self.policy_failures: Dict[str, int] = {}       # policy -> checks that raised, since open
-        self._failing_policies: Dict[str, str] = {}     # policy -> its last error, while it fails
-        self._failing_probes: Dict[str, str] = {}       # collection -> last error of has_background_work()
         self.failed_ticks = 0
-        self._tick_error: Optional[str] = None          # the last tick's error, while ticks fail
+        # what fails now ("tick", "policy <name>", "has_background_work <collection>") -> its last
+        # error: said when new or different, counted otherwise (see _failed)
+        self._failing: Dict[str, str] = {}
         # requests of other processes are taken by this thread (not one of their own), so that
         # taking one shows the scheduler runs (control.py)
         self._responder = responder
@@ -135,16 +135,14 @@ class Maintenance:
                 continue
             try:
                 self.tick()
-                if self._tick_error is not None:
+                if self._failing.pop("tick", None) is not None:
                     log.warning("maintenance ticks work again after %d failed", self.failed_ticks)
-                    self._tick_error = None
             except _PoolShutDown:
                 break
             except Exception as exc:  # the scheduler must survive any bad tick: counted, said when new
                 self.failed_ticks += 1
-                error = f"{type(exc).__name__}: {exc}"
-                if error != self._tick_error:
-                    self._tick_error = error
+                error = self._failed("tick", exc)
+                if error is not None:
                     log.exception("maintenance tick failed (said again only when the error changes)")
                     self._note_error(f"tick failed: {error}")
             finally:
@@ -199,21 +197,29 @@ class Maintenance:
         try:
             requests = list(policy.due(state))
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
             self.policy_failures[name] = self.policy_failures.get(name, 0) + 1
-            if self._failing_policies.get(name) != error:
-                self._failing_policies[name] = error
+            error = self._failed(f"policy {name}", exc)
+            if error is not None:
                 log.error("flush policy %r failed; its thresholds are not enforced until it works again "
                           "(the other policies are): %s", name, error, exc_info=exc)
                 self._note_error(f"policy {name}: {error}")
             return []
-        if self._failing_policies.pop(name, None) is not None:
+        if self._failing.pop(f"policy {name}", None) is not None:
             log.warning("flush policy %r works again after %d failed checks", name, self.policy_failures[name])
         return requests
 
     def failing_policies(self) -> Dict[str, str]:
         """Policies whose last check raised, with that error."""
-        return dict(self._failing_policies)
+        return {key[len("policy "):]: error for key, error in list(self._failing.items()) if key.startswith("policy ")}
+
+    def _failed(self, what: str, exc: BaseException) -> Optional[str]:
+        """Note that ``what`` (a policy, a tick, a probe) failed with ``exc``; its error text if
+        that is new for it (to be said), None if it failed the same way last time (counted only)."""
+        error = f"{type(exc).__name__}: {exc}"
+        if self._failing.get(what) == error:
+            return None
+        self._failing[what] = error
+        return error
 
     def submit_drain(self, name: str, now: Optional[float] = None) -> Optional[Future]:
         """Start a worker flushing ``name``'s frozen memtables, unless one runs or a retry waits."""
@@ -272,9 +278,8 @@ class Maintenance:
         try:
             return bool(rt.store.has_background_work())
         except Exception as exc:  # a third-party engine: said once; its work still runs after each flush
-            error = f"{type(exc).__name__}: {exc}"
-            if self._failing_probes.get(rt.name) != error:
-                self._failing_probes[rt.name] = error
+            error = self._failed(f"has_background_work {rt.name}", exc)
+            if error is not None:
                 log.error("has_background_work() of %s failed; its storage work runs only after its flushes: %s",
                           rt.name, error, exc_info=exc)
                 self._note_error(f"{rt.name}: has_background_work failed: {error}")
