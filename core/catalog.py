@@ -17,7 +17,7 @@ from .contracts import CollectionInfo
 from .errors import DataDirectoryError
 from .fileio import FileSystem
 
-__all__ = ["Catalog", "CATALOG_DIR", "collection_file"]
+__all__ = ["Catalog", "CATALOG_DIR", "collection_file", "committed_names"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +45,13 @@ def collection_file(catalog_root: str, name: str, filename: str) -> str:
     return os.path.join(catalog_root, name, filename)
 
 
+def committed_names(fs: FileSystem, root: str) -> List[str]:
+    """The collections whose creation reached the commit point (none when ``root`` is missing)."""
+    if not fs.isdir(root):
+        return []
+    return [n for n in fs.listdir(root) if not n.startswith(".")]
+
+
 class Catalog:
     def __init__(self, fs: FileSystem, root: str) -> None:
         self.fs = fs
@@ -55,7 +62,7 @@ class Catalog:
         return os.path.join(self.root, name)
 
     def names(self) -> List[str]:
-        return [n for n in self.fs.listdir(self.root) if not n.startswith(".")]
+        return committed_names(self.fs, self.root)
 
     def committed(self, name: str) -> bool:
         """Whether ``name``'s record is in place (its creation reached the commit point)."""

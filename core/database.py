@@ -3,7 +3,8 @@
 Layout of a data directory::
 
     LOCK                 exclusive lock of the process that has it open
-    proxistore.json      format version
+    proxistore.json      format version, database id, the WAL strategy, storage engine and storage
+                         root that wrote it (identity.py: a config naming others is refused)
     collections/<name>/  the durable record of each collection (see catalog.py)
     wal/                 owned by the WAL strategy
     storage/             owned by the storage engine (or wherever ``[storage] root`` says: a local
@@ -12,7 +13,6 @@ Layout of a data directory::
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -20,7 +20,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from .admission import Admission
-from .catalog import CATALOG_DIR, Catalog, collection_file
+from .catalog import CATALOG_DIR, Catalog, collection_file, committed_names
 from .collection import Collection
 from .config import EffectiveConfig, load_config, validate_collection_overrides
 from .contracts import CollectionState, CompactionResult, DatabaseState, FlushRequest
@@ -29,6 +29,7 @@ from .errors import (CollectionExists, CollectionNotFound, DataDirectoryError, D
 from .events import CompactionEvent, RecoveryEvent
 from .fileio import FileSystem, default_filesystem
 from .flush import FlushLog, drain, freeze_for
+from .identity import Identity, check_identity, claim_identity, read_identity
 from .history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory, RecentEvents
 from .jsonable import jsonable
 from .lock import DirectoryLock
@@ -42,8 +43,6 @@ from .validation import check_collection_name, check_dim, check_metric
 __all__ = ["Database", "open_database"]
 
 log = logging.getLogger("proxistore")
-FORMAT_FILE = "proxistore.json"
-FORMAT_VERSION = 1
 COMPACTION_HISTORY = 20     # compactions kept per collection, in stats() and on disk
 
 
@@ -59,6 +58,10 @@ class Database:
         # Resolved before anything is created: a bad [storage] root creates no data directory.
         self.storage_root: StorageRoot = resolve_storage_root(self.config.storage_root, self.path, self.fs,
                                                               source=self.config.source)
+        # Checked before anything is created: a config that would lose this directory's data
+        # (another WAL or engine, another database's storage root) leaves no trace behind.
+        check_identity(read_identity(self.fs, self.path), self.config, self.storage_root,
+                       committed_names(self.fs, self._catalog_root))
         self._closed = True
         try:
             self.fs.makedirs_durable(self.path)
@@ -77,11 +80,15 @@ class Database:
 
     # -- opening -------------------------------------------------------------------------------
 
+    @property
+    def _catalog_root(self) -> str:
+        return os.path.join(self.path, CATALOG_DIR)
+
     def _open(self) -> None:
         cfg = self.config
-        fmt = os.path.join(self.path, FORMAT_FILE)
-        if not self.fs.exists(fmt):
-            self.fs.write_atomic(fmt, json.dumps({"format_version": FORMAT_VERSION}).encode())
+        # Again under the lock: another process may have opened the directory in between.
+        self.identity: Identity = claim_identity(self.fs, self.path, cfg, self.storage_root,
+                                                 committed_names(self.fs, self._catalog_root))
         self._lsn_lock = threading.Lock()
         self._next_lsn = 1
         self._ddl_lock = threading.RLock()
@@ -104,7 +111,7 @@ class Database:
                                        responder=ControlResponder(self.fs, self.path, self._answer_control,
                                                                   run_apart=("flush", "compact")))
         self.admission = Admission(limit, self.total_memtable_bytes, self.maintenance.wake)
-        self.catalog = Catalog(self.fs, os.path.join(self.path, CATALOG_DIR))
+        self.catalog = Catalog(self.fs, self._catalog_root)
         self._recover_catalog()
         max_lsn = 0
         for name in self.catalog.names():

@@ -149,6 +149,20 @@ def test_create_insert_flush_compact_delete_reopen_on_s3(tmp_path, rng, s3_uri):
         assert st["orphans_removed_on_open"] == 0
 
 
+def test_a_second_data_directory_on_the_same_prefix_is_refused_and_deletes_nothing(tmp_path, rng, s3_uri):
+    with proxistore.open(tmp_path / "a", config(s3_uri)) as db:
+        db.create_collection("docs", dim=DIM, metric="l2").insert(ids_for(30), random_vectors(rng, 30, DIM))
+        db.flush()
+    before = objects(s3_uri)
+    assert ".proxistore-database.json" in before
+    with pytest.raises(ConfigError, match="another database") as e:
+        proxistore.open(tmp_path / "b", config(s3_uri))
+    assert e.value.key == "storage.root" and str(tmp_path / "a") in str(e.value)
+    assert objects(s3_uri) == before and not (tmp_path / "b").exists()
+    with proxistore.open(tmp_path / "a", config(s3_uri)) as db:
+        assert db.collection("docs").count() == 30
+
+
 def test_hnswlib_index_is_loaded_back_from_the_object_store(tmp_path, rng, s3_uri):
     """hnswlib loads only from a local file: from an object store it goes through a scratch copy."""
     vecs = random_vectors(rng, 300, DIM)

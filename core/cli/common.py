@@ -14,12 +14,10 @@ import threading
 from typing import Any, Dict, List, Optional
 
 import proxistore
+from proxistore.identity import FORMAT_FILE
 from proxistore.registry import build_registry
 
 __all__ = ["UsageError", "FlushRecorder", "open_database", "parse_json_option", "database_exists"]
-
-#: The file every proxistore data directory has (see ``proxistore.database``).
-FORMAT_FILE = "proxistore.json"
 
 
 class UsageError(Exception):
