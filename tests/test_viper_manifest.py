@@ -192,3 +192,42 @@ def test_manifest_bytes_round_trip_and_a_changed_entry_is_encoded_anew():
     back = Manifest.from_bytes(m2.to_bytes(), "test")
     assert back.segments[0].deleted == 4 and back.segments[0].deletes_file == "seg-1.del"
     assert back == m2 and json.loads(m2.to_bytes())["generation"] == 4
+
+
+def _manifest_with_two_segments():
+    from proxistore.plugins.viper.manifest import IndexRef, Manifest, SegmentEntry
+    a = SegmentEntry(name="seg-1", file="seg-1.parquet", rows=10, bytes=100, min_lsn=1, max_lsn=10)
+    b = SegmentEntry(name="seg-2", file="seg-2.parquet", rows=5, bytes=50, min_lsn=11, max_lsn=15,
+                     index=IndexRef("seg-2.i", "hnsw", "faiss", {"m": 16}, 7, 9))
+    return Manifest("c", 8, "l2", flushed_lsn=15, generation=3, segments=(a, b))
+
+
+def test_any_flipped_bit_in_a_manifest_is_a_storage_error_never_a_different_manifest():
+    from proxistore.plugins.viper.manifest import Manifest
+    m = _manifest_with_two_segments()
+    data = m.to_bytes()
+    assert json.loads(data)["crc32"] > 0                # still plain JSON, for any tool
+    silently_different = []
+    for offset in range(len(data)):
+        for bit in (0x01, 0x10):
+            damaged = bytearray(data)
+            damaged[offset] ^= bit
+            try:
+                back = Manifest.from_bytes(bytes(damaged), "test")
+            except StorageError:
+                continue
+            if back != m:
+                silently_different.append((offset, bit, bytes(damaged[max(0, offset - 10):offset + 10])))
+    assert silently_different == []
+
+
+def test_a_manifest_written_before_checksums_is_still_read():
+    from proxistore.plugins.viper.manifest import Manifest
+    m = _manifest_with_two_segments()
+    doc = json.loads(m.to_bytes())
+    del doc["crc32"]
+    doc["format"] = 1
+    assert Manifest.from_bytes(json.dumps(doc).encode(), "test") == m
+    doc["format"] = 2                                     # format 2 without its checksum: damage
+    with pytest.raises(StorageError, match="checksum"):
+        Manifest.from_bytes(json.dumps(doc).encode(), "test")

@@ -22,6 +22,11 @@ How a commit is made atomic depends on what the FileSystem offers (``fs.atomic_r
 
 The reader accepts both forms on any FileSystem (versioned manifests win), so the format of a
 collection directory is decided by where it lives, not by a setting.
+
+Format 2 ends the document with ``"crc32"``: the CRC32 of the file as it would read without that
+member. The file stays plain JSON; a damaged one is a StorageError, never a manifest that says a
+wrong ``flushed_lsn`` (which would skip acknowledged writes in the WAL) or names wrong files.
+Format 1 (no checksum) is still read.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -43,7 +49,9 @@ __all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "IndexRef", "SegmentEntry", "Manif
 log = logging.getLogger("proxistore.viper")
 
 MANIFEST_NAME = "MANIFEST.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE = (1, 2)        # format 1: the same document without its checksum
+_CHECKSUM = re.compile(rb', "crc32": (\d+)\}\n$')
 _VERSIONED = re.compile(r"^MANIFEST-(\d{20})\.json$")
 
 
@@ -148,15 +156,20 @@ class Manifest:
         lines = [e.json_line for e in self.segments]
         body = json.dumps(head, sort_keys=True)[:-1]
         segments = "[]" if not lines else "[\n  " + ",\n  ".join(lines) + "\n ]"
-        return (body + ', "segments": ' + segments + "}\n").encode("utf-8")
+        payload = body + ', "segments": ' + segments
+        crc = zlib.crc32((payload + "}\n").encode("utf-8"))
+        return (payload + f', "crc32": {crc}}}\n').encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> "Manifest":
         try:
             doc = json.loads(data.decode("utf-8"))
             version = doc.pop("format")
-            if version != FORMAT_VERSION:
-                raise StorageError(f"{where}: manifest format {version} is not supported (expected {FORMAT_VERSION})")
+            if version not in _READABLE:
+                raise StorageError(f"{where}: manifest format {version} is not supported (reads {_READABLE})")
+            crc = doc.pop("crc32", None)
+            if crc is not None or version >= 2:
+                _verify(data, where)
             segments = []
             for s in doc.pop("segments"):
                 index = s.pop("index")
@@ -166,6 +179,14 @@ class Manifest:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StorageError(f"{where}: unreadable manifest ({type(e).__name__}: {e})") from e
+
+
+def _verify(data: bytes, where: str) -> None:
+    m = _CHECKSUM.search(data)
+    if m is None:
+        raise StorageError(f"{where}: damaged manifest (its checksum member is missing or malformed)")
+    if zlib.crc32(data[:m.start()] + b"}\n") != int(m.group(1)):
+        raise StorageError(f"{where}: damaged manifest (checksum mismatch)")
 
 
 def _entry_doc(entry: SegmentEntry) -> Dict[str, Any]:
