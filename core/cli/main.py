@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
              _handler("wal_cmd", "cmd_wal_verify"))):
         p = command(name, helptext, handler, wal_sub)
         p.add_argument("dir", nargs="?", metavar="DIR", help="data directory (default: --data)")
+    storage = sub.add_parser("storage", help="verify a data directory's stored files (read-only)",
+                             description="verify a data directory's stored files (read-only)")
+    storage_sub = storage.add_subparsers(dest="storage_command", metavar="ACTION", required=True)
+    p = command("verify", "check every segment, deletion vector, index and manifest against its checksum; "
+                "exit 1 listing the damaged files", _handler("storage_cmd", "cmd_storage_verify"), storage_sub)
+    p.add_argument("dir", nargs="?", metavar="DIR", help="data directory (default: --data)")
     add_bench_commands(command, _handler)  # bench, ab: see bench_cmd.py
     return parser
 

@@ -43,7 +43,7 @@ from proxistore.errors import StorageError
 from proxistore.fileio import FileSystem
 
 __all__ = ["MANIFEST_NAME", "FORMAT_VERSION", "IndexRef", "SegmentEntry", "Manifest",
-           "load_manifest", "commit_manifest", "remove_orphans", "manifest_exists",
+           "load_manifest", "commit_manifest", "remove_orphans", "orphans", "manifest_exists", "manifest_file",
            "versioned_name", "manifest_name"]
 
 log = logging.getLogger("proxistore.viper")
@@ -279,16 +279,25 @@ def commit_manifest(fs: FileSystem, directory: str, manifest: Manifest) -> Manif
     return manifest
 
 
+def orphans(fs: FileSystem, directory: str, manifest: Manifest) -> List[str]:
+    """The files in ``directory`` that ``manifest`` (the committed one) does not reference."""
+    keep = manifest.files() | {manifest_name(fs, manifest.generation)}
+    return [name for name in fs.listdir(directory)
+            if name not in keep and not fs.isdir(os.path.join(directory, name))]
+
+
+def manifest_file(fs: FileSystem, directory: str) -> str:
+    """The name of the file that holds ``directory``'s committed manifest (what load reads)."""
+    versions = _versions(fs.listdir(directory)) if fs.isdir(directory) else []
+    return versions[0][1] if versions else MANIFEST_NAME
+
+
 def remove_orphans(fs: FileSystem, directory: str, manifest: Manifest) -> List[str]:
     """Delete every file in ``directory`` the manifest does not reference; return their names."""
-    keep = manifest.files() | {manifest_name(fs, manifest.generation)}
     removed = []
     try:
-        for name in fs.listdir(directory):
-            path = os.path.join(directory, name)
-            if name in keep or fs.isdir(path):
-                continue
-            fs.unlink(path)
+        for name in orphans(fs, directory, manifest):
+            fs.unlink(os.path.join(directory, name))
             removed.append(name)
         if removed:
             fs.fsync_dir(directory)

@@ -145,6 +145,14 @@ def read_columns(path: str, filesystem: Optional[Any] = None) -> Tuple[np.ndarra
     return ids, lsns, metadata_of(table)
 
 
+def read_table(path: str, filesystem: Optional[Any] = None) -> pa.Table:
+    """Every column of a segment file, each page's checksum verified (a StorageError if not)."""
+    try:
+        return _read(path, filesystem, None)
+    except (OSError, pa.ArrowException) as e:
+        raise StorageError(f"{path}: cannot read segment: {e}") from e
+
+
 def read_vectors(path: str, dim: int, filesystem: Optional[Any] = None) -> np.ndarray:
     """The vectors of a segment file (``filesystem`` as in :func:`read_columns`)."""
     try:
