@@ -359,7 +359,8 @@ class Database:
                 "overrides": dict(rt.info.overrides),
             }
         return jsonable({
-            "path": self.path, "config": self.config.source,
+            "path": self.path, "config": self.config.source, "database_id": self.identity.database_id,
+            "storage_root": self.storage_root.uri or self.storage_root.path,
             "wal_strategy": self.config.wal_spec.name, "storage_engine": self.config.storage_spec.name,
             "flush_policies": self.config.policies,
             "memtable_bytes": self.total_memtable_bytes(),

@@ -163,3 +163,13 @@ def test_a_damaged_storage_root_marker_is_a_storage_error_naming_it(tmp_path, rn
         proxistore.open(tmp_path / "db")
     marker.unlink()                       # what the message says to do, when it is this database's
     assert _count(tmp_path / "db") == 60
+
+
+def test_stats_name_the_database_and_where_its_storage_is(tmp_path, rng):
+    root = tmp_path / "bulk"
+    _fill(tmp_path / "db", rng, {"storage": {"root": str(root)}})
+    with proxistore.open(tmp_path / "db", {"storage": {"root": str(root)}}) as db:
+        st = db.stats()
+    marker = json.loads((root / ROOT_MARKER).read_text())
+    assert st["database_id"] == marker["database_id"] and st["storage_root"] == str(root)
+    assert marker["data_dir"] == str(tmp_path / "db")

@@ -7,6 +7,7 @@ another process's place (here: this one), exits 0 with its counts.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -82,6 +83,13 @@ def test_it_checks_a_database_while_it_is_open_and_follows_the_recorded_storage_
         db.flush()
         result = cli_json("storage", "verify", d)        # no --config: the root proxistore.json records
     assert result["ok"] is True and result["rows"] == 351 and result["root"] == str(tmp_path / "bulk")
+
+
+def test_a_collection_the_catalog_has_and_storage_lacks_is_reported(tmp_path, rng):
+    d = _database(tmp_path / "db", rng)
+    shutil.rmtree(d / "storage" / "docs")
+    r = cli("storage", "verify", d, expect=1)
+    assert "docs" in r.stderr and "holds no manifest" in r.stderr
 
 
 def test_unreferenced_files_are_listed_not_counted_as_damage(tmp_path, rng):

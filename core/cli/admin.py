@@ -237,7 +237,7 @@ def _recorded_events(args: argparse.Namespace, cfg: EffectiveConfig, why_not_liv
 
 def _render_database(out: Output, s: Mapping[str, Any]) -> None:
     out.print(f"database {s['path']}  (config {s['config']})")
-    out.print(f"WAL {s['wal_strategy']}, storage {s['storage_engine']}, flush policies: "
+    out.print(f"WAL {s['wal_strategy']}, storage {s['storage_engine']} at {s['storage_root']}, flush policies: "
               f"{', '.join(s['flush_policies'])}; all memtables: {fmt_bytes(s['memtable_bytes'])}")
     rows = []
     for name, c in sorted(s["collections"].items()):

@@ -4,12 +4,15 @@ Segments, deletion vectors, indexes and manifests carry checksums that an open o
 only when it meets a file; this checks them all now, as a scrub, so that damage is found before a
 query needs the data. It reads the storage root the database records (``proxistore.json``; else
 ``--config``'s ``[storage] root``) with the viper engine's own checker, never opens the database,
-and works beside a process that has it open. Exit 1 lists every damaged file.
+and works beside a process that has it open. A collection of the catalog that the storage root
+does not hold is damage too. Exit 1 lists every damaged file.
 """
 from __future__ import annotations
 
 import argparse
+import os
 
+from proxistore.catalog import CATALOG_DIR, committed_names
 from proxistore.config import load_config
 from proxistore.fileio import default_filesystem
 from proxistore.identity import read_identity
@@ -36,6 +39,9 @@ def cmd_storage_verify(args: argparse.Namespace, out: Output) -> int:
     configured = identity.storage_root if identity and identity.storage_root is not None else config.storage_root
     root = resolve_storage_root(configured, data, fs, source=config.source)
     result = verify_storage(root.path, root.fs)
+    for name in sorted(set(committed_names(fs, os.path.join(data, CATALOG_DIR))) - set(result.names)):
+        result.missing(name, "in the catalog, but the storage root holds no manifest for it: the database "
+                             "would not open")
 
     def render() -> None:
         summary = (f"{result.collections} collection(s), {result.segments} segment(s), {result.rows} rows "

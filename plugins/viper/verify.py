@@ -39,6 +39,7 @@ class StorageProblem:
 @dataclass
 class StorageVerifyResult:
     root: str
+    names: List[str] = field(default_factory=list)       # the collections found (with a manifest)
     collections: int = 0
     segments: int = 0
     rows: int = 0
@@ -51,6 +52,10 @@ class StorageVerifyResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def missing(self, name: str, reason: str) -> None:
+        """Record a collection that should be here and is not (the caller knows which)."""
+        self.problems.append(StorageProblem(name, name, reason))
 
     def to_dict(self) -> Dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -76,6 +81,7 @@ def verify_storage(root: str, fs: Optional[FileSystem] = None) -> StorageVerifyR
         if not manifest_exists(fs, directory):
             continue
         result.collections += 1
+        result.names.append(name)
         tally, manifest = _verify_collection(fs, name, directory)
         for key in ("segments", "rows", "live_rows", "bytes", "indexes"):
             setattr(result, key, getattr(result, key) + getattr(tally, key))
