@@ -70,10 +70,23 @@ class Catalog:
 
     @_io
     def load(self, name: str) -> CollectionInfo:
-        with open(os.path.join(self._path(name), _INFO), "rb") as f:
-            d = json.loads(f.read())
-        return CollectionInfo(name=d["name"], dim=d["dim"], metric=d["metric"],
-                              overrides=d.get("overrides", {}), created_at=d.get("created_at", 0.0))
+        path = os.path.join(self._path(name), _INFO)
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            d = json.loads(data)
+            version = d.get("format_version")
+            info = CollectionInfo(name=d["name"], dim=d["dim"], metric=d["metric"],
+                                  overrides=d.get("overrides", {}), created_at=d.get("created_at", 0.0))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DataDirectoryError(f"{path} is damaged ({type(e).__name__}: {e}); it is the catalog's "
+                                     f"record of collection {name!r}") from e
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise DataDirectoryError(f"{path}: collection record format {version!r} is not supported (this "
+                                     f"proxistore reads format {FORMAT_VERSION}); upgrade proxistore to open it")
+        if info.name != name:
+            raise DataDirectoryError(f"{path} names collection {info.name!r}, but it is the record of {name!r}")
+        return info
 
     @_io
     def begin_create(self, name: str, dim: int, metric: str, overrides: Mapping[str, Any]) -> CollectionInfo:

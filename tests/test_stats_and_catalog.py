@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import proxistore
+from proxistore.errors import DataDirectoryError
 
 from conftest import ids_for, random_vectors
 
@@ -105,3 +106,25 @@ def test_create_and_drop_are_all_or_nothing_across_sigkill(tmp_path, child_env):
             for name in names:  # a create whose insert was cut off is kept empty: make it whole
                 if db.collection(name).count() == 0:
                     db.collection(name).insert(["a", "b"], np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("{not json", "is damaged .JSONDecodeError"),
+    ("", "is damaged .JSONDecodeError"),
+    ('{"format_version": 1, "name": "docs"}', "is damaged .KeyError: 'dim'"),
+    ('["a list"]', "is damaged"),
+    ('{"format_version": 9, "name": "docs", "dim": 8, "metric": "l2"}', "format 9 is not supported"),
+    ('{"format_version": 1, "name": "other", "dim": 8, "metric": "l2"}', "names collection 'other'"),
+])
+def test_a_damaged_collection_record_is_a_data_directory_error_naming_its_file(tmp_path, damage, message):
+    with proxistore.open(tmp_path / "db") as db:
+        db.create_collection("docs", dim=8, metric="l2").insert(["a"], np.ones((1, 8), dtype=np.float32))
+    record = tmp_path / "db" / "collections" / "docs" / "collection.json"
+    good = record.read_bytes()
+    record.write_text(damage)
+    with pytest.raises(DataDirectoryError, match=message) as e:
+        proxistore.open(tmp_path / "db")
+    assert str(record) in str(e.value)
+    record.write_bytes(good)
+    with proxistore.open(tmp_path / "db") as db:
+        assert db.collection("docs").count() == 1
