@@ -244,3 +244,19 @@ def test_the_ab_rule():
     assert c.differs and c.ratio == pytest.approx(1 / 42)
     assert compare("flush.by_policy.row_count", [None, None], [3, 4]).verdict == "only in B"
     assert compare("write.rows_per_s", [1.0], [9.0]).verdict.startswith("n/a")
+
+
+@pytest.mark.parametrize("root", ["{tmp}/elsewhere", "../beside", "file:///{tmp}/uri"])
+def test_a_storage_root_outside_the_runs_data_directory_is_refused_before_the_run(tmp_path, root):
+    wl = load_workload("incident")
+    (tmp_path / "work").mkdir()
+    with pytest.raises(ConfigError, match="every run would share it") as e:
+        run(wl, {"storage": {"root": root.format(tmp=tmp_path)}}, workdir=str(tmp_path / "work"))
+    assert e.value.key == "storage.root"
+    assert os.listdir(tmp_path / "work") == []          # the run's directory is removed
+
+
+def test_a_storage_root_inside_the_runs_data_directory_is_measured(tmp_path):
+    wl = load_workload("incident")
+    m = summarise(run(wl, {"storage": {"root": "bulk"}}))
+    assert m["rows.after_reopen"] == 5000 and m["rows.missing"] == 0

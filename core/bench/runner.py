@@ -35,7 +35,10 @@ import numpy as np
 
 import proxistore
 
-from ..config import load_config
+from ..config import EffectiveConfig, load_config
+from ..errors import ConfigError
+from ..fileio import default_filesystem
+from ..storage_root import resolve_storage_root
 from ..hookspecs import hookimpl
 from ..registry import build_registry
 from .data import Dataset, load_dataset, recall_at_k
@@ -294,17 +297,31 @@ def prepare(wl: Workload) -> Tuple[Dataset, Plan]:
     return data, plan
 
 
+def _check_storage_root_is_the_runs_own(cfg: EffectiveConfig, data_dir: str) -> None:
+    """Each run starts from nothing, and its disk bytes are what it wrote: a storage root outside
+    the run's data directory would be shared by every run (the second is refused, see
+    proxistore.identity) and left out of the figures."""
+    if not cfg.storage_root:
+        return
+    where = resolve_storage_root(cfg.storage_root, data_dir, default_filesystem(), source=cfg.source)
+    if not where.local or not os.path.abspath(where.path).startswith(os.path.abspath(data_dir) + os.sep):
+        raise ConfigError(f"bench and ab run each workload on a fresh data directory, and {cfg.storage_root!r} "
+                          f"is outside it: every run would share it. Leave it empty, or give a relative path "
+                          f"under the data directory", key="storage.root", file=cfg.source)
+
+
 def run(wl: Workload, config: Any = None, *, workdir: Optional[str] = None, progress: Optional[Progress] = None,
         prepared: Optional[Tuple[Dataset, Plan]] = None) -> Dict[str, Any]:
     """Run ``wl`` with ``config`` (a TOML path, a dict of overrides, or None) on a fresh temp dir
     under ``workdir``; ``prepared`` is :func:`prepare`'s result, made here when not given."""
     if isinstance(config, (str, os.PathLike)):
         config = os.path.abspath(os.fspath(config))
-    load_config(config)  # a bad config is reported before anything runs, also for a child process
+    cfg = load_config(config)  # a bad config is reported before anything runs, also for a child process
     data, plan = prepared if prepared is not None else prepare(wl)
     root = tempfile.mkdtemp(prefix="proxistore-bench-", dir=workdir)
     path = os.path.join(root, "data")
     try:
+        _check_storage_root_is_the_runs_own(cfg, path)
         end: Dict[str, Any] = {"mode": "crash" if wl.finish["crash"] else "close"}
         if wl.finish["crash"]:
             record = _ingest_in_child(path, wl, config, progress)
