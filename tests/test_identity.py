@@ -103,38 +103,39 @@ def _registry_with(**specs):
     return build_registry(include_external=False, extra_plugins=(plugin,))
 
 
-def test_another_wal_strategy_is_refused_while_collections_exist(tmp_path, rng):
-    # 'sidecar' keeps its segments in wal/sidecar/: it would open cleanly and replay nothing,
-    # so the 20 acknowledged rows that are only in the avro WAL would be gone.
-    [avro] = wal_avro.proxistore_wal_strategies()
-    sidecar = dataclasses.replace(
-        avro, name="sidecar",
-        factory=lambda config, *, fs, root: AvroWalStrategy(config, fs=fs, root=os.path.join(root, "sidecar")))
-    reg = _registry_with(wal=sidecar)
+def _elsewhere(kind):
+    """A built-in plugin under a new name that keeps its files in a subdirectory of its root: it
+    would open the data directory cleanly and find none of its data (for the WAL: replay none of
+    the 20 acknowledged rows that are only there)."""
+    if kind == "wal":
+        [avro] = wal_avro.proxistore_wal_strategies()
+        return dataclasses.replace(avro, name="sidecar", factory=lambda config, *, fs, root: AvroWalStrategy(
+            config, fs=fs, root=os.path.join(root, "sidecar")))
+    [engine] = viper.proxistore_storage_engines()
+    return dataclasses.replace(engine, name="viper2", factory=lambda config, *, fs, root: ViperEngine(
+        config, fs=fs, root=os.path.join(root, "v2")))
+
+
+@pytest.mark.parametrize("kind, key, words", [
+    ("wal", "wal.strategy", "WAL strategy 'avro'.*'sidecar'.*acknowledged writes"),
+    ("storage", "storage.engine", "storage engine 'viper'.*'viper2'.*stored data")])
+def test_another_wal_strategy_or_storage_engine_is_refused_while_collections_exist(tmp_path, rng, kind, key,
+                                                                                    words):
+    spec = _elsewhere(kind)
+    reg = _registry_with(**{kind: spec})
+    switched = {kind: {"strategy" if kind == "wal" else "engine": spec.name}}
     _fill(tmp_path / "db", rng, registry=reg)
-    with pytest.raises(ConfigError, match="WAL strategy 'avro'.*'sidecar'.*acknowledged writes") as e:
-        proxistore.open(tmp_path / "db", {"wal": {"strategy": "sidecar"}}, registry=reg)
-    assert e.value.key == "wal.strategy"
+    with pytest.raises(ConfigError, match=words) as e:
+        proxistore.open(tmp_path / "db", switched, registry=reg)
+    assert e.value.key == key
     assert _count(tmp_path / "db", registry=reg) == 60
 
     with proxistore.open(tmp_path / "db", registry=reg) as db:      # no collections: free to switch
         db.drop_collection("docs")
-    with proxistore.open(tmp_path / "db", {"wal": {"strategy": "sidecar"}}, registry=reg) as db:
+    with proxistore.open(tmp_path / "db", switched, registry=reg) as db:
         db.create_collection("docs", dim=DIM).insert(["x"], random_vectors(rng, 1, DIM))
-    assert json.loads((tmp_path / "db" / FORMAT_FILE).read_text())["wal_strategy"] == "sidecar"
-
-
-def test_another_storage_engine_is_refused_while_collections_exist(tmp_path, rng):
-    [engine] = viper.proxistore_storage_engines()
-    other = dataclasses.replace(
-        engine, name="viper2",
-        factory=lambda config, *, fs, root: ViperEngine(config, fs=fs, root=os.path.join(root, "v2")))
-    reg = _registry_with(storage=other)
-    _fill(tmp_path / "db", rng, registry=reg)
-    with pytest.raises(ConfigError, match="storage engine 'viper'.*'viper2'") as e:
-        proxistore.open(tmp_path / "db", {"storage": {"engine": "viper2"}}, registry=reg)
-    assert e.value.key == "storage.engine"
-    assert _count(tmp_path / "db", registry=reg) == 60
+    recorded = json.loads((tmp_path / "db" / FORMAT_FILE).read_text())
+    assert recorded["wal_strategy" if kind == "wal" else "storage_engine"] == spec.name
 
 
 def test_a_data_directory_from_before_the_identity_record_is_adopted(tmp_path, rng):

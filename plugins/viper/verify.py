@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from proxistore.errors import StorageError
@@ -37,16 +37,26 @@ class StorageProblem:
 
 
 @dataclass
-class StorageVerifyResult:
-    root: str
-    names: List[str] = field(default_factory=list)       # the collections found (with a manifest)
-    collections: int = 0
+class _Tally:
+    """What was checked, and what was wrong with it."""
+
     segments: int = 0
     rows: int = 0
     live_rows: int = 0
     bytes: int = 0
     indexes: int = 0
     problems: List[StorageProblem] = field(default_factory=list)
+
+    def add(self, other: "_Tally") -> None:
+        for f in fields(_Tally):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class StorageVerifyResult(_Tally):
+    root: str = ""
+    names: List[str] = field(default_factory=list)       # the collections found (with a manifest)
+    collections: int = 0
     unreferenced: List[str] = field(default_factory=list)
 
     @property
@@ -61,16 +71,6 @@ class StorageVerifyResult:
         return {**asdict(self), "ok": self.ok}
 
 
-@dataclass
-class _Tally:
-    segments: int = 0
-    rows: int = 0
-    live_rows: int = 0
-    bytes: int = 0
-    indexes: int = 0
-    problems: List[StorageProblem] = field(default_factory=list)
-
-
 def verify_storage(root: str, fs: Optional[FileSystem] = None) -> StorageVerifyResult:
     """Check every collection under viper's ``root`` (see the module)."""
     fs = fs or default_filesystem()
@@ -83,9 +83,7 @@ def verify_storage(root: str, fs: Optional[FileSystem] = None) -> StorageVerifyR
         result.collections += 1
         result.names.append(name)
         tally, manifest = _verify_collection(fs, name, directory)
-        for key in ("segments", "rows", "live_rows", "bytes", "indexes"):
-            setattr(result, key, getattr(result, key) + getattr(tally, key))
-        result.problems += tally.problems
+        result.add(tally)
         if manifest is not None:
             result.unreferenced += [os.path.join(name, f) for f in sorted(orphans(fs, directory, manifest))]
     return result
