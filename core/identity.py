@@ -70,9 +70,10 @@ def read_identity(fs: FileSystem, data_dir: str) -> Optional[Identity]:
 
 
 def check_identity(identity: Optional[Identity], config: EffectiveConfig, root: StorageRoot,
-                   collections: List[str]) -> None:
+                   collections: List[str]) -> bool:
     """Raise ConfigError if ``config`` would open this data directory with the wrong plugins or
-    the wrong storage root (see the module). Reads only."""
+    the wrong storage root (see the module); else return whether the root carries this
+    database's marker already. Reads only."""
     if identity is not None and collections:
         _same_plugin(identity.wal_strategy, config.wal_spec.name, "wal.strategy", "WAL strategy",
                      "would not replay the acknowledged writes in its WAL", config, collections)
@@ -88,7 +89,7 @@ def check_identity(identity: Optional[Identity], config: EffectiveConfig, root: 
                 f"directory {owner.get('data_dir')}). Two data directories cannot share a storage root: "
                 f"each would remove the other's collections; give each its own",
                 key=ROOT_KEY, file=config.source)
-        return
+        return True
     recorded = identity.storage_root if identity is not None else None
     moved = recorded is not None and recorded != root.uri
     if _holds_files(root):
@@ -99,12 +100,13 @@ def check_identity(identity: Optional[Identity], config: EffectiveConfig, root: 
                 + ". A new database needs an empty storage root; proxistore will not take over (or "
                   "remove) files it cannot tell are its own",
                 key=ROOT_KEY, file=config.source)
-        return
+        return False
     if moved and collections:
         raise ConfigError(
             f"{where} holds none of this database's {len(collections)} collection(s); it was last "
             f"opened with storage.root = {recorded!r}. Point storage.root there, or move the files "
             f"(with {ROOT_MARKER}) to the new root", key=ROOT_KEY, file=config.source)
+    return False
 
 
 def claim_identity(fs: FileSystem, data_dir: str, config: EffectiveConfig, root: StorageRoot,
@@ -112,7 +114,7 @@ def claim_identity(fs: FileSystem, data_dir: str, config: EffectiveConfig, root:
     """Check (again: call it holding the data directory's lock), then record the data directory's
     identity and mark the storage root as this database's. Returns the identity recorded."""
     known = read_identity(fs, data_dir)
-    check_identity(known, config, root, collections)
+    marked = check_identity(known, config, root, collections)
     database_id = (known.database_id if known is not None else None) or uuid.uuid4().hex
     identity = Identity(database_id, config.wal_spec.name, config.storage_spec.name, root.uri)
     if known != identity:
@@ -121,7 +123,7 @@ def claim_identity(fs: FileSystem, data_dir: str, config: EffectiveConfig, root:
                      "database's marker)", data_dir, known.storage_root, root.uri)
         body = {"format_version": FORMAT_VERSION, **asdict(identity)}
         fs.write_atomic(os.path.join(data_dir, FORMAT_FILE), json.dumps(body, indent=2).encode())
-    if _read_marker(root) is None:
+    if not marked:
         _write_marker(root, {"database_id": database_id, "data_dir": os.path.abspath(data_dir)})
         owner = _read_marker(root)
         if owner is None or owner.get("database_id") != database_id:    # another database, meanwhile
