@@ -163,6 +163,38 @@ def test_a_second_data_directory_on_the_same_prefix_is_refused_and_deletes_nothi
         assert db.collection("docs").count() == 30
 
 
+def test_storage_repair_sets_a_damaged_segment_aside_on_the_object_store(tmp_path, rng, s3_uri):
+    """The repair's moves are copies and deletes there, its commit a new manifest version."""
+    from test_cli import cli_json
+
+    data_dir = tmp_path / "db"
+    vecs = random_vectors(rng, 200, DIM)
+    with proxistore.open(data_dir, config(s3_uri)) as db:
+        col = db.create_collection("docs", dim=DIM, metric="l2")
+        for start in (0, 100):
+            col.insert(ids_for(200)[start:start + 100], vecs[start:start + 100])
+            db.flush("docs")
+    fs, root = store_of(s3_uri)
+    segment = sorted(f for f in objects(s3_uri, "docs") if f.endswith(".parquet"))[1]
+    path = f"{root}/docs/{segment}"
+    with fs.open_input_stream(path) as f:
+        raw = bytearray(f.read())
+    raw[len(raw) // 3] ^= 0x10                     # a bit in the vector column
+    with fs.open_output_stream(path) as f:
+        f.write(bytes(raw))
+
+    result = cli_json("storage", "repair", data_dir)
+    (item,) = result["set_aside"]
+    assert item["lost_rows"] == 100 and sorted(item["lost_ids"]) == sorted(ids_for(200)[100:])
+    assert result["verified_after"] is True
+    with proxistore.open(data_dir, config(s3_uri)) as db:
+        col = db.collection("docs")
+        assert col.count() == 100
+        check_search(col, dict(zip(ids_for(200)[:100], vecs[:100])), random_vectors(rng, 5, DIM))
+    kept = [f for f in objects(s3_uri, "docs") if f.startswith("damaged/")]
+    assert sorted(os.path.basename(f) for f in kept) == ["REPAIR.json", segment]   # an open leaves them
+
+
 def test_hnswlib_index_is_loaded_back_from_the_object_store(tmp_path, rng, s3_uri):
     """hnswlib loads only from a local file: from an object store it goes through a scratch copy."""
     vecs = random_vectors(rng, 300, DIM)

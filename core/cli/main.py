@@ -140,12 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
              _handler("wal_cmd", "cmd_wal_verify"))):
         p = command(name, helptext, handler, wal_sub)
         p.add_argument("dir", nargs="?", metavar="DIR", help="data directory (default: --data)")
-    storage = sub.add_parser("storage", help="verify a data directory's stored files (read-only)",
-                             description="verify a data directory's stored files (read-only)")
+    storage = sub.add_parser("storage", help="verify or repair a data directory's stored files",
+                             description="verify or repair a data directory's stored files")
     storage_sub = storage.add_subparsers(dest="storage_command", metavar="ACTION", required=True)
     p = command("verify", "check every segment, deletion vector, index and manifest against its checksum; "
                 "exit 1 listing the damaged files", _handler("storage_cmd", "cmd_storage_verify"), storage_sub)
     p.add_argument("dir", nargs="?", metavar="DIR", help="data directory (default: --data)")
+    p = command("repair", "set damaged segments and indexes aside (their files and a list of every lost id "
+                "kept in the collection's damaged/ folder) so the database opens again; needs it closed",
+                _handler("storage_cmd", "cmd_storage_repair"), storage_sub)
+    p.add_argument("dir", nargs="?", metavar="DIR", help="data directory (default: --data)")
+    p.add_argument("--collection", action="append", metavar="NAME", help="repair only NAME (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be set aside; change nothing")
     add_bench_commands(command, _handler)  # bench, ab: see bench_cmd.py
     return parser
 

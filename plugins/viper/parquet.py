@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from proxistore.errors import StorageError
 from proxistore.filters import metadata_table
 
-__all__ = ["RESERVED", "build_table", "table_from_rows", "encode", "read_columns", "read_vectors", "metadata_of",
+__all__ = ["RESERVED", "build_table", "table_from_rows", "encode", "read_columns", "read_ids", "read_vectors", "metadata_of",
            "vectors_of", "unify", "column_for_key"]
 
 RESERVED = ("id", "vector", "lsn")
@@ -143,6 +143,14 @@ def read_columns(path: str, filesystem: Optional[Any] = None) -> Tuple[np.ndarra
     ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=object)
     lsns = np.asarray(table.column("lsn").to_numpy(), dtype=np.int64)
     return ids, lsns, metadata_of(table)
+
+
+def read_ids(path: str, filesystem: Optional[Any] = None) -> List[str]:
+    """The ``id`` column of a segment file alone (readable when other columns are damaged)."""
+    try:
+        return _read(path, filesystem, ["id"]).column("id").to_pylist()
+    except (OSError, pa.ArrowException) as e:
+        raise StorageError(f"{path}: cannot read segment ids: {e}") from e
 
 
 def read_table(path: str, filesystem: Optional[Any] = None) -> pa.Table:

@@ -27,7 +27,11 @@ from . import parquet
 from .index import AnnIndex, load_index, prepare
 from .manifest import IndexRef
 
-__all__ = ["SegmentData", "SegmentRetired"]
+__all__ = ["SegmentData", "SegmentRetired", "REPAIR_HINT"]
+
+#: Appended to the error of a segment file that does not read back: how to find and handle it.
+REPAIR_HINT = ("; `proxistore storage verify` lists all damage, `proxistore storage repair` sets damaged "
+               "segments aside and lists the rows lost")
 
 
 class SegmentRetired(Exception):
@@ -62,9 +66,12 @@ class SegmentData:
     def open(cls, name: str, path: str, dim: int, metric: str, rows: int, *,
              fs: Optional[FileSystem] = None) -> "SegmentData":
         fs = fs if fs is not None else default_filesystem()
-        ids, lsns, meta = parquet.read_columns(path, fs.pyarrow_fs)
+        try:
+            ids, lsns, meta = parquet.read_columns(path, fs.pyarrow_fs)
+        except StorageError as e:
+            raise StorageError(f"{e}{REPAIR_HINT}") from e
         if len(ids) != rows:
-            raise StorageError(f"{path}: segment has {len(ids)} rows, the manifest says {rows}")
+            raise StorageError(f"{path}: segment has {len(ids)} rows, the manifest says {rows}{REPAIR_HINT}")
         return cls(name, path, dim, metric, ids, lsns, meta, fs=fs)
 
     # -- vectors -------------------------------------------------------------------------------
@@ -78,10 +85,10 @@ class SegmentData:
             if self._vectors is None:
                 try:
                     self._vectors = parquet.read_vectors(self.path, self.dim, self.fs.pyarrow_fs)
-                except StorageError:
+                except StorageError as e:
                     if self.retired:  # compaction removed the file after this reader's snapshot
                         raise SegmentRetired(self.name) from None
-                    raise
+                    raise StorageError(f"{e}{REPAIR_HINT}") from e
             return self._vectors
 
     def prepared(self) -> np.ndarray:

@@ -23,7 +23,7 @@ from . import parquet
 from .deletions import decode_deletions
 from .manifest import Manifest, SegmentEntry, load_manifest, manifest_exists, manifest_file, orphans
 
-__all__ = ["StorageProblem", "StorageVerifyResult", "verify_storage"]
+__all__ = ["StorageProblem", "StorageVerifyResult", "verify_storage", "segment_problems"]
 
 #: Times a collection is read again when its manifest changed under the check.
 ATTEMPTS = 3
@@ -99,7 +99,12 @@ def _verify_collection(fs: FileSystem, name: str, directory: str):
                                                    str(e))]), None
         tally = _Tally()
         for entry in manifest.segments:
-            _verify_segment(fs, name, directory, manifest, entry, tally)
+            tally.segments += 1
+            tally.rows += entry.rows
+            tally.live_rows += entry.live_rows
+            tally.bytes += entry.total_bytes()
+            tally.indexes += int(entry.index is not None)
+            tally.problems += segment_problems(fs, name, directory, manifest, entry)
         if not tally.problems or not _changed(fs, directory, manifest):
             return tally, manifest
     return tally, manifest
@@ -112,15 +117,21 @@ def _changed(fs: FileSystem, directory: str, manifest: Manifest) -> bool:
         return False
 
 
-def _verify_segment(fs: FileSystem, name: str, directory: str, manifest: Manifest, entry: SegmentEntry,
-                    tally: _Tally) -> None:
-    def problem(file: str, reason: str) -> None:
-        tally.problems.append(StorageProblem(name, os.path.join(name, file), reason))
+def segment_problems(fs: FileSystem, name: str, directory: str, manifest: Manifest,
+                     entry: SegmentEntry) -> List[StorageProblem]:
+    """What is wrong with the files of one segment entry of collection ``name`` (none: healthy).
+    A problem's ``file`` is ``<name>/<file name>``: the segment's, its deletion vector's or its
+    index's."""
+    found: List[StorageProblem] = []
 
-    tally.segments += 1
-    tally.rows += entry.rows
-    tally.live_rows += entry.live_rows
-    tally.bytes += entry.total_bytes()
+    def problem(file: str, reason: str) -> None:
+        found.append(StorageProblem(name, os.path.join(name, file), reason))
+
+    _check_segment(fs, directory, manifest, entry, problem)
+    return found
+
+
+def _check_segment(fs: FileSystem, directory: str, manifest: Manifest, entry: SegmentEntry, problem) -> None:
     path = os.path.join(directory, entry.file)
     if not _same_size(fs, path, entry.bytes, entry.file, problem):
         return
@@ -153,7 +164,6 @@ def _verify_segment(fs: FileSystem, name: str, directory: str, manifest: Manifes
             except (StorageError, OSError) as e:
                 problem(entry.deletes_file, str(e))
     if entry.index is not None:
-        tally.indexes += 1
         ipath = os.path.join(directory, entry.index.file)
         if _same_size(fs, ipath, entry.index.bytes, entry.index.file, problem):
             try:
