@@ -1,13 +1,15 @@
 """Requests from other processes to the one that has the database open: live ``stats`` and
-``why``, ``flush`` and ``compact``.
+``why``, ``flush`` and ``compact``, and a collection's ``get``, ``search``, ``count`` and
+``delete``.
 
 One process at a time has a data directory open (its ``LOCK``), yet an operator asks a live
 database "why has this not flushed yet?" or tells it to flush now, and only the process that
 has it open can answer or act. So the ``proxistore`` command leaves a request in
 ``<data>/control/``. The open database's maintenance scheduler takes it on its next round
-(within ``check_interval``). It answers ``stats`` and ``why`` in that round. ``flush`` and
-``compact`` run on a thread of their own, one at a time, so a long one does not hold up the
-flush policies. The answer is written beside the request.
+(within ``check_interval``). It answers the reads in that round. ``flush``, ``compact`` and
+``delete`` run on a thread of their own, one at a time, so a long one (or a write waiting for
+memory at the limit, which only the scheduler can free) does not hold up the flush policies.
+The answer is written beside the request.
 
 The scheduler takes the requests rather than a thread of its own, so that taking one also shows
 that background maintenance runs. The failure proxistore was built against was a background
@@ -19,6 +21,10 @@ a temporary name and renamed, so the other side never reads half a file. None is
 describe a moment and are worthless after a crash::
 
     <token>.ask       {"what": "stats" | "why" | "flush" | "compact", "collection": NAME (optional)}
+                      {"what": "get" | "delete", "collection": NAME, "ids": [...]}
+                      {"what": "search", "collection": NAME, "vector": [...], "k": K,
+                       "filter": {...} | null, "ef": N | null}
+                      {"what": "count", "collection": NAME}
     <token>.taken     the request, renamed by the scheduler that took it (an asker that gives
                       up removes its .ask; whichever rename or unlink comes first wins)
     <token>.answer    {"ok": true, "pid": ..., "result": ...} or

@@ -109,7 +109,7 @@ class Database:
         limit = min(limits, key=lambda lim: lim.limit_bytes) if limits else None
         self.maintenance = Maintenance(self, self.policies, cfg.maintenance,
                                        responder=ControlResponder(self.fs, self.path, self._answer_control,
-                                                                  run_apart=("flush", "compact")))
+                                                                  run_apart=("flush", "compact", "delete")))
         self.admission = Admission(limit, self.total_memtable_bytes, self.maintenance.wake)
         self.catalog = Catalog(self.fs, self._catalog_root)
         self._recover_catalog()
@@ -396,7 +396,9 @@ class Database:
         """What another process asked through ``control/`` while this one has the database open
         (the ``proxistore`` command): ``{"stats": ...}``, with ``"why"`` (the readings of
         :meth:`why`) when it asked why a collection has not flushed; ``{"flushes": ...}`` or
-        ``{"compactions": ...}`` for a flush or a compaction (run on the control thread)."""
+        ``{"compactions": ...}`` for a flush or a compaction (run on the control thread); a
+        collection's ``get``, ``search``, ``count`` or ``delete`` (the last on the control thread:
+        a write may wait for memory)."""
         what, name = request["what"], request.get("collection")
         if name is not None:
             self._runtime(name)    # CollectionNotFound names the collections that exist
@@ -404,6 +406,8 @@ class Database:
             return {"flushes": self.flush(name)}
         if what == "compact":
             return {"compactions": self.compact(name)}
+        if what in _COLLECTION_REQUESTS:
+            return _COLLECTION_REQUESTS[what](self.collection(name), request)
         if what not in ("stats", "why"):
             raise ValueError(f"unknown control request {what!r}")
         answer: Dict[str, Any] = {"stats": self.stats()}
@@ -449,3 +453,24 @@ class Database:
 
 def open_database(path: Union[str, "os.PathLike[str]"], config: Any = None, **kwargs: Any) -> Database:
     return Database(path, config, **kwargs)
+
+
+def _records(col: Collection, request: Mapping[str, Any]) -> Dict[str, Any]:
+    got = col.get(request["ids"])
+    return {"records": [None if r is None else {"id": r.id, "vector": r.vector, "metadata": r.metadata}
+                        for r in got]}
+
+
+def _hits(col: Collection, request: Mapping[str, Any]) -> Dict[str, Any]:
+    hits = col.search(request["vector"], k=request["k"],
+                      filter=request.get("filter"), ef=request.get("ef"))
+    return {"hits": [{"id": h.id, "distance": h.distance, "metadata": h.metadata} for h in hits]}
+
+
+def _delete(col: Collection, request: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"deleted": col.delete(request["ids"])}
+
+
+#: A collection's requests from another process (``_answer_control``): what each returns.
+_COLLECTION_REQUESTS = {"get": _records, "search": _hits, "delete": _delete,
+                        "count": lambda col, request: {"count": col.count()}}

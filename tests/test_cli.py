@@ -109,9 +109,11 @@ def test_global_options_may_follow_the_command(data):
     assert {c["name"] for c in cli_json("collections", "--data", data)} == {"vecs", "docs", "notes"}
 
 
-def test_a_database_open_elsewhere_is_a_runtime_error_with_exit_1(tmp_path):
-    with proxistore.open(tmp_path / "held"):
-        r = cli("--data", tmp_path / "held", "collections", expect=1)
+def test_insert_into_a_database_open_elsewhere_is_a_runtime_error_with_exit_1(tmp_path, files):
+    with proxistore.open(tmp_path / "held") as db:
+        db.create_collection("v", dim=DIM)
+        r = cli("--data", tmp_path / "held", "insert", "v", files["npy"], expect=1)
+        assert db.collection("v").count() == 0
     assert "already open" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -313,6 +315,40 @@ def test_flush_of_a_database_open_in_another_process_is_done_by_that_process(tmp
         assert compactions and compactions[0]["segments_in"] == 2 and compactions[0]["rows_out"] == 100
         assert db.stats()["collections"]["v"]["storage"]["segments"] == 1 and c.count() == 100
     assert not os.listdir(d / "control")
+
+
+def test_reads_and_deletes_of_a_database_open_in_another_process_are_answered_from_its_live_state(tmp_path):
+    d = tmp_path / "d"
+    vecs = vectors(30, 7)
+    with proxistore.open(d) as db:
+        c = db.create_collection("v", dim=DIM)
+        c.insert([f"r{i}" for i in range(30)], vecs, metadata=[{"n": i} for i in range(30)])  # memtable only
+        (row,) = cli_json("--data", d, "collections")
+        assert (row["name"], row["rows"], row["memtable_rows"]) == ("v", 30, 30)
+
+        got = cli_json("--data", d, "get", "v", "r3", "gone")
+        assert [g["found"] for g in got] == [True, False] and got[0]["metadata"] == {"n": 3}
+        np.testing.assert_array_equal(np.asarray(got[0]["vector"], dtype=np.float32), vecs[3])
+
+        hits = cli_json("--data", d, "search", "v", "--vector", json.dumps(vecs[5].tolist()), "-k", "3")["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in c.search(vecs[5], k=3)] and hits[0]["id"] == "r5"
+        near = cli_json("--data", d, "search", "v", "--from-id", "r5", "-k", "2")["hits"]
+        assert "r5" not in [h["id"] for h in near] and len(near) == 2
+        filtered = cli_json("--data", d, "search", "v", "--vector", json.dumps(vecs[5].tolist()),
+                            "--filter", '{"n": {"$gte": 20}}')["hits"]
+        assert filtered and all(h["metadata"]["n"] >= 20 for h in filtered)
+
+        result = cli("--data", d, "delete", "v", "r1", "r2", "nope")
+        assert "deleted 2 of 3 id(s)" in result.stdout and f"answered by process {os.getpid()}" in result.stderr
+        assert c.get(["r1", "r2"]) == [None, None] and c.count() == 28   # acknowledged by the holder
+
+        err = cli_json("--data", d, "search", "v", "--vector", "[1, 2]", expect=2)["error"]
+        assert err["type"] == "DimensionMismatch"
+        assert "no collection named 'w'" in cli("--data", d, "get", "w", "r3", expect=2).stderr
+        assert c.count() == 28
+    assert not os.listdir(d / "control")
+    with proxistore.open(d) as db:           # the delete went through the holder's WAL
+        assert db.collection("v").count() == 28 and db.collection("v").get(["r1"]) == [None]
 
 
 def test_stats_of_a_database_whose_holder_does_not_answer_shows_the_recorded_flushes(tmp_path):

@@ -24,7 +24,7 @@ from proxistore.history import COMPACTIONS_FILE, FLUSHES_FILE, EventHistory
 from .common import FlushRecorder, UsageError, open_database
 from .output import Output, fmt_bytes, fmt_seconds, fmt_time, fmt_value, shorten
 
-__all__ = ["cmd_flush", "cmd_compact", "cmd_stats", "flush_line", "compaction_line", "threshold_units",
+__all__ = ["cmd_flush", "cmd_compact", "cmd_stats", "ask_holder", "flush_line", "compaction_line", "threshold_units",
            "flush_counts"]
 
 
@@ -89,7 +89,7 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
         db = open_database(args, recorder=recorder)
     except DatabaseLocked:
         cfg = load_config(args.config)
-        events, units = _ask_holder(args, cfg, "flush", out)["flushes"], threshold_units(cfg)
+        events, units = ask_holder(args, cfg, "flush", out)["flushes"], threshold_units(cfg)
     else:
         with db:
             units = threshold_units(db.config)
@@ -113,7 +113,7 @@ def cmd_compact(args: argparse.Namespace, out: Output) -> int:
     try:
         db = open_database(args)
     except DatabaseLocked:
-        results = _ask_holder(args, load_config(args.config), "compact", out)["compactions"]
+        results = ask_holder(args, load_config(args.config), "compact", out)["compactions"]
     else:
         with db:
             results = db.compact(args.collection)
@@ -129,14 +129,14 @@ def cmd_compact(args: argparse.Namespace, out: Output) -> int:
 _TAKE_TIMEOUT = 2.0   # seconds; an open database takes a request within its check_interval (100 ms by default)
 
 
-def _ask_holder(args: argparse.Namespace, cfg: EffectiveConfig, what: str, out: Output,
-                collection: Optional[str] = None) -> Any:
-    """The result of ``what`` done by the process that has the database open; for a flush or a
-    compaction, waits as long as that process lives and works on it."""
-    name = collection or args.collection
-    request = {"what": what, **({"collection": name} if name else {})}
+def ask_holder(args: argparse.Namespace, cfg: EffectiveConfig, what: str, out: Output,
+               collection: Optional[str] = None, **fields: Any) -> Any:
+    """The result of ``what`` (with ``fields``) done by the process that has the database open;
+    for a flush, a compaction or a delete, waits as long as that process lives and works on it."""
+    name = collection or getattr(args, "collection", None)
+    request = {"what": what, **({"collection": name} if name else {}), **fields}
     take = max(_TAKE_TIMEOUT, 5 * cfg.maintenance["check_interval"])
-    quick = what in ("stats", "why")
+    quick = what not in ("flush", "compact", "delete")
     if not quick:
         out.note(f"another process has the database open: asking it to {what}")
     live = ask(default_filesystem(), args.data, request, take, answer_timeout=take if quick else None)
@@ -175,7 +175,7 @@ def _stats_of_open_database(args: argparse.Namespace, why: Optional[str], out: O
     if it does not answer, the flushes and compactions recorded on disk, and for ``--why`` an error."""
     cfg = load_config(args.config)
     try:
-        answer = _ask_holder(args, cfg, "why" if why else "stats", out, collection=why)
+        answer = ask_holder(args, cfg, "why" if why else "stats", out, collection=why)
     except HolderUnresponsive as unresponsive:
         if why:      # the readings exist only in that process
             raise

@@ -2,16 +2,22 @@
 
 Each opens ``--data`` for the length of one command, does its work through the public API
 (:mod:`proxistore`), reports any flush that happened meanwhile, and closes the database, so
-everything it acknowledged is in the WAL (and comes back on the next open).
+everything it acknowledged is in the WAL (and comes back on the next open). When another process
+has the database open, ``collections``, ``search``, ``get`` and ``delete`` ask that process
+(:mod:`.live`); ``insert`` refuses.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, List, Mapping, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Mapping, Optional, Union
 
-from proxistore.errors import CollectionNotFound, ProxistoreError
+from proxistore.collection import Collection
+from proxistore.config import load_config
+from proxistore.errors import CollectionNotFound, DatabaseLocked, ProxistoreError
 
-from .admin import flush_counts, flush_line, threshold_units
+from .admin import ask_holder, flush_counts, flush_line, threshold_units
+from .live import LiveCollection
 from .common import FlushRecorder, UsageError, open_database, parse_json_option
 from .output import Output, shorten
 from .sources import open_source
@@ -24,10 +30,27 @@ def _segments(storage: Mapping[str, Any]) -> Any:
     return len(segs) if isinstance(segs, (list, tuple, dict)) else segs
 
 
+@contextmanager
+def _collection(args: argparse.Namespace, out: Output) -> Iterator[Union[Collection, LiveCollection]]:
+    """``args.collection``: opened here, or asked of the process that has the database open."""
+    try:
+        db = open_database(args)
+    except DatabaseLocked:
+        yield LiveCollection(args, load_config(args.config), args.collection, out)
+        return
+    with db:
+        yield db.collection(args.collection)
+
+
 def cmd_collections(args: argparse.Namespace, out: Output) -> int:
     """List collections: name, dim, metric, rows, segments."""
-    with open_database(args) as db:
-        stats = db.stats()["collections"]
+    try:
+        db = open_database(args)
+    except DatabaseLocked:
+        stats = ask_holder(args, load_config(args.config), "stats", out)["stats"]["collections"]
+    else:
+        with db:
+            stats = db.stats()["collections"]
     rows = [{"name": name, "dim": s["dim"], "metric": s["metric"], "rows": s["rows"],
              "segments": _segments(s.get("storage", {})), "memtable_rows": s["memtable"]["rows"]}
             for name, s in sorted(stats.items())]
@@ -100,8 +123,7 @@ def cmd_search(args: argparse.Namespace, out: Output) -> int:
     vector: Optional[List[float]] = None
     if args.vector is not None:
         vector = parse_json_option(args.vector, "--vector", list)
-    with open_database(args) as db:
-        col = db.collection(args.collection)
+    with _collection(args, out) as col:
         k = args.k
         if args.from_id is not None:
             record = col.get([args.from_id])[0]
@@ -124,8 +146,8 @@ def cmd_search(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     """Stored records by id; unknown or deleted ids are reported as not found (exit 0)."""
-    with open_database(args) as db:
-        records = db.collection(args.collection).get(args.ids)
+    with _collection(args, out) as col:
+        records = col.get(args.ids)
     result = [{"id": id_, "found": r is not None, "vector": None if r is None else r.vector,
                "metadata": None if r is None else r.metadata} for id_, r in zip(args.ids, records)]
 
@@ -145,8 +167,7 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_delete(args: argparse.Namespace, out: Output) -> int:
     """Delete ids (unknown ids are ignored, as in the API) and say how many were live."""
-    with open_database(args) as db:
-        col = db.collection(args.collection)
+    with _collection(args, out) as col:
         before = col.count()
         col.delete(args.ids)
         after = col.count()
