@@ -183,7 +183,7 @@ def test_storage_repair_sets_a_damaged_segment_aside_on_the_object_store(tmp_pat
     with fs.open_output_stream(path) as f:
         f.write(bytes(raw))
 
-    result = cli_json("storage", "repair", data_dir)
+    result = cli_json("storage", "repair", data_dir, env=dict(os.environ))   # with the S3 credentials
     (item,) = result["set_aside"]
     assert item["lost_rows"] == 100 and sorted(item["lost_ids"]) == sorted(ids_for(200)[100:])
     assert result["verified_after"] is True

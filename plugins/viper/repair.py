@@ -33,7 +33,7 @@ from . import parquet
 from .deletions import decode_deletions
 from .files import fsync_dir
 from .manifest import Manifest, SegmentEntry, commit_manifest, load_manifest, manifest_exists
-from .verify import StorageProblem, segment_problems
+from .verify import ATTEMPTS, StorageProblem, changed, segment_problems
 
 __all__ = ["DAMAGED_DIR", "REPORT_NAME", "SetAside", "StorageRepairResult", "repair_storage"]
 
@@ -91,12 +91,16 @@ def repair_storage(root: str, fs: Optional[FileSystem] = None, *, collections: O
         if (collections is not None and name not in collections) or not manifest_exists(fs, directory):
             continue
         result.collections += 1
-        try:
-            manifest = load_manifest(fs, directory)
-        except StorageError as e:
-            result.unrepairable.append(StorageProblem(name, name, f"{e} (repair does not rebuild a manifest)"))
-            continue
-        plan = _plan(fs, name, directory, manifest)
+        for _ in range(ATTEMPTS):   # a dry run may read beside a running database (see verify)
+            try:
+                manifest = load_manifest(fs, directory)
+            except StorageError as e:
+                result.unrepairable.append(StorageProblem(name, name, f"{e} (repair does not rebuild a manifest)"))
+                plan = []
+                break
+            plan = _plan(fs, name, directory, manifest)
+            if not plan or not changed(fs, directory, manifest):
+                break
         if plan and apply:
             _apply(fs, directory, manifest, plan, os.path.join(directory, DAMAGED_DIR, stamp))
         result.set_aside += [s for s, _ in plan]

@@ -23,7 +23,7 @@ from . import parquet
 from .deletions import decode_deletions
 from .manifest import Manifest, SegmentEntry, load_manifest, manifest_exists, manifest_file, orphans
 
-__all__ = ["StorageProblem", "StorageVerifyResult", "verify_storage", "segment_problems"]
+__all__ = ["StorageProblem", "StorageVerifyResult", "verify_storage", "segment_problems", "changed"]
 
 #: Times a collection is read again when its manifest changed under the check.
 ATTEMPTS = 3
@@ -105,12 +105,13 @@ def _verify_collection(fs: FileSystem, name: str, directory: str):
             tally.bytes += entry.total_bytes()
             tally.indexes += int(entry.index is not None)
             tally.problems += segment_problems(fs, name, directory, manifest, entry)
-        if not tally.problems or not _changed(fs, directory, manifest):
+        if not tally.problems or not changed(fs, directory, manifest):
             return tally, manifest
     return tally, manifest
 
 
-def _changed(fs: FileSystem, directory: str, manifest: Manifest) -> bool:
+def changed(fs: FileSystem, directory: str, manifest: Manifest) -> bool:
+    """Whether a commit replaced ``manifest`` since it was read (its files may be gone)."""
     try:
         return load_manifest(fs, directory).generation != manifest.generation
     except StorageError:
