@@ -120,9 +120,12 @@ class Maintenance:
         try:
             self._schedule()
         except BaseException as exc:  # noqa: B902 - the thread ends either way; this says so, loudly
-            self.died = f"{type(exc).__name__}: {exc}"
-            log.critical("background maintenance stopped (%s): no flush policy is enforced and no flush "
-                         "or compaction runs until the database is reopened", self.died, exc_info=exc)
+            died = f"{type(exc).__name__}: {exc}"
+            try:    # logged before stats() can say "died", so whoever sees that finds the log line too
+                log.critical("background maintenance stopped (%s): no flush policy is enforced and no flush "
+                             "or compaction runs until the database is reopened", died, exc_info=exc)
+            finally:
+                self.died = died
 
     def _schedule(self) -> None:
         while not self._stop.is_set():

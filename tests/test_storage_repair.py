@@ -237,3 +237,41 @@ def test_a_healthy_database_needs_no_repair_and_keeps_its_manifest(tmp_path, rng
     before = _files(d)
     assert cli("storage", "repair", d).stdout.startswith("ok: nothing to repair in 1 collection(s)")
     assert _files(d) == before
+
+
+# -- a repair killed part way ----------------------------------------------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+_REPAIR_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from killpoints import from_env; "
+                 "from proxistore.plugins.viper.repair import repair_storage; "
+                 "repair_storage(sys.argv[2] + '/storage', from_env(sys.argv[2])); print('done')")
+
+
+@pytest.mark.parametrize("rule", [
+    {"op": "fsync", "path": "storage/docs/damaged/*/REPAIR.json", "when": "before"},
+    {"op": "rename", "path": "storage/docs/damaged/*", "when": "after"},
+    {"op": "rename", "path": "storage/docs/MANIFEST.json*", "when": "before"},
+    {"op": "rename", "path": "storage/docs/MANIFEST.json*", "when": "after"},
+], ids=["writing the report", "after moving the segment", "before the manifest commit",
+        "after the manifest commit"])
+def test_a_repair_killed_at_any_step_is_completed_by_the_next_losing_nothing_more(tmp_path, rng, rule):
+    import subprocess
+    import sys
+
+    d = tmp_path / "db"
+    live = _database(d, rng)
+    _flip_column(_collection_dir(d) / _segment(d, 2)["file"], "vector")
+    env = {**os.environ, "PROXISTORE_KILLPOINT": json.dumps({**rule, "nth": 1})}
+    child = subprocess.run([sys.executable, "-c", _REPAIR_CHILD, HERE, str(d)], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert child.returncode == -9 and "KILLPOINT" in child.stdout, child.stdout + child.stderr
+
+    cli("storage", "repair", d)
+    for id_ in set(NEW) - {"new-1"} | set(OLD[:10]):
+        del live[id_]
+    _serves_exactly(d, live)
+    cli("storage", "verify", d)
+    reports = [json.loads(p.read_text()) for p in (_collection_dir(d) / "damaged").glob("*/REPAIR.json")
+               if p.read_text().endswith("}\n")]
+    lost = sorted(set(NEW) - {"new-1"} | set(OLD[:10]))
+    assert any(sorted(r["set_aside"][0]["lost_ids"] or []) == lost for r in reports)   # the ids are kept

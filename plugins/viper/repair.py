@@ -102,7 +102,7 @@ def repair_storage(root: str, fs: Optional[FileSystem] = None, *, collections: O
             if not plan or not changed(fs, directory, manifest):
                 break
         if plan and apply:
-            _apply(fs, directory, manifest, plan, os.path.join(directory, DAMAGED_DIR, stamp))
+            _apply(fs, directory, manifest, plan, _new_folder(fs, os.path.join(directory, DAMAGED_DIR), stamp))
         result.set_aside += [s for s, _ in plan]
     return result
 
@@ -141,6 +141,16 @@ def _live_ids(fs: FileSystem, directory: str, entry: SegmentEntry):
     except (StorageError, OSError):
         return ids, False
     return [i for i, gone in zip(ids, deleted) if not gone], True
+
+
+def _new_folder(fs: FileSystem, parent: str, stamp: str) -> str:
+    """``parent/stamp``, or ``stamp-2``, ``-3``... when an earlier repair (interrupted, and run
+    again within the second) used it: its report must not be overwritten."""
+    path, n = os.path.join(parent, stamp), 1
+    while fs.exists(path):
+        n += 1
+        path = os.path.join(parent, f"{stamp}-{n}")
+    return path
 
 
 def _apply(fs: FileSystem, directory: str, manifest: Manifest, plan: List[tuple], dest: str) -> None:
