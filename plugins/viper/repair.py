@@ -24,7 +24,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from proxistore.errors import StorageError
 from proxistore.fileio import FileSystem, default_filesystem
@@ -107,7 +107,7 @@ def repair_storage(root: str, fs: Optional[FileSystem] = None, *, collections: O
     return result
 
 
-def _plan(fs: FileSystem, name: str, directory: str, manifest: Manifest) -> List[tuple]:
+def _plan(fs: FileSystem, name: str, directory: str, manifest: Manifest) -> List[Tuple[SetAside, SegmentEntry]]:
     """``(SetAside, entry)`` for each segment entry with damage."""
     plan = []
     for entry in manifest.segments:
@@ -127,7 +127,7 @@ def _plan(fs: FileSystem, name: str, directory: str, manifest: Manifest) -> List
     return plan
 
 
-def _live_ids(fs: FileSystem, directory: str, entry: SegmentEntry):
+def _live_ids(fs: FileSystem, directory: str, entry: SegmentEntry) -> Tuple[Optional[List[str]], bool]:
     """The ids of the segment's live rows, read from whatever of it still reads."""
     try:
         ids = parquet.read_ids(os.path.join(directory, entry.file), fs.pyarrow_fs)
@@ -153,7 +153,8 @@ def _new_folder(fs: FileSystem, parent: str, stamp: str) -> str:
     return path
 
 
-def _apply(fs: FileSystem, directory: str, manifest: Manifest, plan: List[tuple], dest: str) -> None:
+def _apply(fs: FileSystem, directory: str, manifest: Manifest, plan: List[Tuple[SetAside, SegmentEntry]],
+           dest: str) -> None:
     try:
         fs.makedirs_durable(dest, within=directory)
     except OSError as e:
