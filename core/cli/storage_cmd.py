@@ -87,11 +87,11 @@ def cmd_storage_repair(args: argparse.Namespace, out: Output) -> int:
     lock = None if args.dry_run else DirectoryLock(data)    # repair commits manifests: no one else may
     try:
         result = repair_storage(root.path, root.fs, collections=args.collection, apply=not args.dry_run)
-        after = verify_storage(root.path, root.fs) if result.applied else None
+        after = verify_storage(root.path, root.fs, collections=args.collection) if result.applied else None
     finally:
         if lock is not None:
             lock.release()
-    remaining = [p for p in (after.problems if after else []) if not args.collection or p.collection in args.collection]
+    remaining = after.problems if after else []
 
     def render() -> None:
         verb = "set aside" if result.applied else "would set aside"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from proxistore.errors import StorageError
 from proxistore.fileio import FileSystem, default_filesystem
@@ -71,14 +71,16 @@ class StorageVerifyResult(_Tally):
         return {**asdict(self), "ok": self.ok}
 
 
-def verify_storage(root: str, fs: Optional[FileSystem] = None) -> StorageVerifyResult:
-    """Check every collection under viper's ``root`` (see the module)."""
+def verify_storage(root: str, fs: Optional[FileSystem] = None,
+                   collections: Optional[Sequence[str]] = None) -> StorageVerifyResult:
+    """Check every collection under viper's ``root`` (only ``collections`` when given; see the
+    module)."""
     fs = fs or default_filesystem()
     result = StorageVerifyResult(root=root)
     names = sorted(fs.listdir(root)) if fs.isdir(root) else []
     for name in names:
         directory = os.path.join(root, name)
-        if not manifest_exists(fs, directory):
+        if (collections is not None and name not in collections) or not manifest_exists(fs, directory):
             continue
         result.collections += 1
         result.names.append(name)
