@@ -32,8 +32,8 @@ from proxistore.fileio import FileSystem, default_filesystem
 from . import parquet
 from .deletions import decode_deletions
 from .files import fsync_dir
-from .manifest import Manifest, SegmentEntry, commit_manifest, load_manifest, manifest_exists
-from .verify import ATTEMPTS, StorageProblem, changed, segment_problems
+from .manifest import Manifest, SegmentEntry, commit_manifest, load_manifest
+from .verify import ATTEMPTS, StorageProblem, changed, collection_dirs, segment_problems
 
 __all__ = ["DAMAGED_DIR", "REPORT_NAME", "SetAside", "StorageRepairResult", "repair_storage"]
 
@@ -85,11 +85,7 @@ def repair_storage(root: str, fs: Optional[FileSystem] = None, *, collections: O
     fs = fs or default_filesystem()
     stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     result = StorageRepairResult(root=root, applied=apply)
-    names = sorted(fs.listdir(root)) if fs.isdir(root) else []
-    for name in names:
-        directory = os.path.join(root, name)
-        if (collections is not None and name not in collections) or not manifest_exists(fs, directory):
-            continue
+    for name, directory in collection_dirs(fs, root, collections):
         result.collections += 1
         for _ in range(ATTEMPTS):   # a dry run may read beside a running database (see verify)
             try:

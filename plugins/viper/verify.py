@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from proxistore.errors import StorageError
 from proxistore.fileio import FileSystem, default_filesystem
@@ -23,7 +23,8 @@ from . import parquet
 from .deletions import decode_deletions
 from .manifest import Manifest, SegmentEntry, load_manifest, manifest_exists, manifest_file, orphans
 
-__all__ = ["StorageProblem", "StorageVerifyResult", "verify_storage", "segment_problems", "changed"]
+__all__ = ["StorageProblem", "StorageVerifyResult", "verify_storage", "segment_problems", "changed",
+           "collection_dirs"]
 
 #: Times a collection is read again when its manifest changed under the check.
 ATTEMPTS = 3
@@ -71,17 +72,23 @@ class StorageVerifyResult(_Tally):
         return {**asdict(self), "ok": self.ok}
 
 
+def collection_dirs(fs: FileSystem, root: str,
+                    collections: Optional[Sequence[str]] = None) -> Iterator[Tuple[str, str]]:
+    """``(name, directory)`` of each collection under ``root`` with a committed manifest (only
+    those in ``collections`` when given), by name."""
+    for name in (sorted(fs.listdir(root)) if fs.isdir(root) else []):
+        directory = os.path.join(root, name)
+        if (collections is None or name in collections) and manifest_exists(fs, directory):
+            yield name, directory
+
+
 def verify_storage(root: str, fs: Optional[FileSystem] = None,
                    collections: Optional[Sequence[str]] = None) -> StorageVerifyResult:
     """Check every collection under viper's ``root`` (only ``collections`` when given; see the
     module)."""
     fs = fs or default_filesystem()
     result = StorageVerifyResult(root=root)
-    names = sorted(fs.listdir(root)) if fs.isdir(root) else []
-    for name in names:
-        directory = os.path.join(root, name)
-        if (collections is not None and name not in collections) or not manifest_exists(fs, directory):
-            continue
+    for name, directory in collection_dirs(fs, root, collections):
         result.collections += 1
         result.names.append(name)
         tally, manifest = _verify_collection(fs, name, directory)
