@@ -42,11 +42,11 @@ def test_write_segment_never_builds_an_index_maintain_does(tmp_path):
     assert path and os.path.exists(path)
     assert os.path.dirname(path) == collection_dir(tmp_path)   # beside the segment
     ref = manifest_of(tmp_path)["segments"][0]["index"]
-    assert ref["kind"] == "hnsw" and ref["backend"] == "faiss" and ref["params"] == {"m": 16, "ef_construction": 200}
+    assert ref["kind"] == "hnsw" and ref["backend"] == "hnswlib" and ref["params"] == {"m": 16, "ef_construction": 200}
     assert ref["bytes"] == os.path.getsize(path)
     assert store.search(v[:1], 1).ids[0, 0] == "id0"
     assert store.stats()["searches"]["ann"] == 1
-    assert store.stats()["index_kinds"] == {"hnsw/faiss": 1}
+    assert store.stats()["index_kinds"] == {"hnsw/hnswlib": 1}    # index_backend = "auto"
 
 
 def test_segments_below_the_threshold_get_no_index(tmp_path):
@@ -114,6 +114,23 @@ def test_changing_the_index_config_rebuilds_the_index_on_maintain(tmp_path):
     assert not os.path.exists(old)
 
 
+def test_auto_backend_keeps_an_existing_index_of_either_library_and_an_explicit_one_rebuilds(tmp_path):
+    engine, store = open_store(tmp_path, **SMALL, index_backend="faiss")
+    store.write_segment(make_rows(ids(300), vectors(300), 1))
+    store.maintain()
+    faiss_file = index_file(tmp_path)
+    engine, store = reopen(tmp_path, **SMALL)                    # auto: an HNSW index is current
+    store.maintain()
+    assert index_file(tmp_path) == faiss_file and store.stats()["index_kinds"] == {"hnsw/faiss": 1}
+    engine, store = reopen(tmp_path, **SMALL, hnsw_m=8)          # other parameters: built again
+    store.maintain()
+    assert store.stats()["index_kinds"] == {"hnsw/hnswlib": 1} and not os.path.exists(faiss_file)
+    engine, store = reopen(tmp_path, **SMALL, hnsw_m=8, index_backend="faiss")   # asked by name
+    store.maintain()
+    assert store.stats()["index_kinds"] == {"hnsw/faiss": 1}
+    assert store.search(vectors(300)[:1], 1).ids[0, 0] == "id0"
+
+
 def test_per_collection_config_chooses_the_index(tmp_path):
     engine, store = open_store(tmp_path, **SMALL)
     from proxistore.contracts import CollectionInfo
@@ -123,8 +140,8 @@ def test_per_collection_config_chooses_the_index(tmp_path):
     for s in (store, other):
         s.write_segment(make_rows(ids(300), vectors(300), 1))
         s.maintain()
-    assert store.stats()["index_kinds"] == {"hnsw/faiss": 1}
-    assert other.stats()["index_kinds"] == {"ivf/faiss": 1}
+    assert store.stats()["index_kinds"] == {"hnsw/hnswlib": 1}
+    assert other.stats()["index_kinds"] == {"ivf/faiss": 1}     # auto: faiss, the library that has IVF
 
 
 CASES = [("hnsw", "faiss"), ("hnsw", "hnswlib"), ("ivf", "faiss"), ("flat", "faiss")]
@@ -163,3 +180,28 @@ def test_ef_overrides_ef_search_per_call(tmp_path, backend):
     low = recall(store.search(q, 10, ef=10), pos, all_ids)
     high = recall(store.search(q, 10, ef=1000), pos, all_ids)
     assert low + 0.2 < high
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+def test_concurrent_searches_at_different_ef_each_get_the_answer_of_their_own_ef(backend):
+    # hnswlib keeps efSearch in the index: a search at another ef must not change what a
+    # concurrent search at the pinned ef walks, nor be changed by it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxistore.plugins.viper.index import build_index, prepare
+
+    v = prepare(vectors(4000, dim=48, seed=6), "l2")
+    index = build_index("hnsw", backend, {"m": 4, "ef_construction": 8}, v, "l2")
+    index.pin_ef(10)
+    q = prepare(vectors(60, dim=48, seed=7), "l2")
+    want = {ef: index.search(q, 10, ef=ef, nprobe=1)[0] for ef in (10, 800)}
+    assert (want[10] != want[800]).any()       # the two ef give different answers here
+
+    def one(i: int) -> bool:
+        ef = 10 if i % 2 else 800
+        row = i % len(q)
+        pos, _ = index.search(q[row:row + 1], 10, ef=ef, nprobe=1)
+        return bool((pos[0] == want[ef][row]).all())
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(one, range(2000)))

@@ -45,7 +45,7 @@ from .manifest import IndexRef, SegmentEntry
 from .segment import SegmentData
 from .snapshot import SegmentView
 
-__all__ = ["tier_of", "plan_size_tiered", "plan_full", "MergeOutput", "merge", "index_signature"]
+__all__ = ["tier_of", "plan_size_tiered", "plan_full", "MergeOutput", "merge", "index_is_current"]
 
 
 def tier_of(live_rows: int, base_rows: int, fanin: int) -> int:
@@ -96,9 +96,14 @@ def plan_full(views: Sequence[SegmentView], s: ViperSettings) -> List[List[Segme
     return [g for g in groups if len(g) > 1 or g[0].entry.deleted]
 
 
-def index_signature(s: ViperSettings):
-    """What an index must have been built with to count as current."""
-    return (s.index, s.index_backend, tuple(sorted(s.index_params().items())))
+def index_is_current(ref: IndexRef, s: ViperSettings) -> bool:
+    """Whether an index was built as the settings ask (else maintenance builds it again).
+    Under ``index_backend = "auto"`` the library does not matter: an index of the right kind
+    and parameters is kept, so choosing ``auto`` rebuilds nothing."""
+    params = tuple(sorted(s.index_params().items()))
+    if s.index_backend == "auto":
+        return (ref.kind, tuple(sorted(ref.params.items()))) == (s.index, params)
+    return ref.signature() == (s.index, s.index_backend, params)
 
 
 @dataclass
@@ -126,7 +131,7 @@ def _reusable_base(views: Sequence[SegmentView], s: ViperSettings) -> Optional[S
         return None
     best = max(views, key=lambda v: v.entry.rows)
     ref = best.entry.index
-    if best.entry.deleted or ref is None or ref.signature() != index_signature(s):
+    if best.entry.deleted or ref is None or not index_is_current(ref, s):
         return None
     return best
 
@@ -205,7 +210,7 @@ def merge(views: Sequence[SegmentView], s: ViperSettings, *, fs: FileSystem, dir
                 index.add(prepared[base.data.n:], cancel)
                 out.reused_index = True
             else:
-                index = build_index(s.index, s.index_backend, s.index_params(), prepared, metric, cancel)
+                index = build_index(s.index, s.build_backend, s.index_params(), prepared, metric, cancel)
             phases["index_build"] = time.perf_counter() - t
         nbytes, phases["write"] = pending.result()
     out.files.append(file)

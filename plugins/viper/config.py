@@ -22,8 +22,10 @@ CONFIG_KEYS: Tuple[ConfigKey, ...] = (
     ConfigKey("index", "choice", "hnsw", choices=("hnsw", "ivf", "flat"), **_PC,
               help="ANN index built for segments of at least indexing_threshold rows: hnsw, ivf or "
                    "flat (exact, in faiss)"),
-    ConfigKey("index_backend", "choice", "faiss", choices=("faiss", "hnswlib"), **_PC,
-              help="library that builds and searches the index; hnswlib supports index = \"hnsw\" only"),
+    ConfigKey("index_backend", "choice", "auto", choices=("auto", "faiss", "hnswlib"), **_PC,
+              help="library that builds and searches the index: auto = hnswlib for index = \"hnsw\" "
+                   "(faster unfiltered searches and builds; docs/tuning.md), faiss for ivf and flat, "
+                   "and an existing index of either library is kept; hnswlib supports index = \"hnsw\" only"),
     ConfigKey("indexing_threshold", "int", 10_000, unit="rows", threshold=True, **_PC,
               help="segments with at least this many rows get an ANN index (built in the background "
                    "by maintenance, never on the flush path); smaller segments are searched exactly"),
@@ -69,7 +71,7 @@ class ViperSettings:
     """The parsed ``[storage.viper]`` section (one collection's effective values)."""
 
     index: str = "hnsw"
-    index_backend: str = "faiss"
+    index_backend: str = "auto"
     indexing_threshold: int = 10_000
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
@@ -107,6 +109,13 @@ class ViperSettings:
             raise ConfigError(f"index_backend \"hnswlib\" builds HNSW only, not index = {values['index']!r}",
                               key="storage.viper.index_backend")
         return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    @property
+    def build_backend(self) -> str:
+        """The library new indexes are built with (``auto`` resolved for the configured index)."""
+        if self.index_backend != "auto":
+            return self.index_backend
+        return "hnswlib" if self.index == "hnsw" else "faiss"
 
     def index_params(self) -> dict:
         """The build parameters of the configured index (what an index file's signature records)."""

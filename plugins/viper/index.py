@@ -75,6 +75,19 @@ class AnnIndex(abc.ABC):
         self.metric = metric
         self.dim = dim
         self.params = dict(params)
+        self._last_derived: Optional[Tuple[np.ndarray, Any]] = None
+
+    def _derived(self, allowed: np.ndarray, make: Callable[[np.ndarray], Any]) -> Any:
+        """``make(allowed)``, kept while the same read-only mask comes back (a segment's live
+        rows, :meth:`SegmentView.live_mask`); a writable mask (a filter's) is derived anew."""
+        if allowed.flags.writeable:
+            return make(allowed)
+        last = self._last_derived
+        if last is not None and last[0] is allowed:
+            return last[1]
+        value = make(allowed)
+        self._last_derived = (allowed, value)
+        return value
 
     @property
     @abc.abstractmethod
@@ -126,6 +139,12 @@ def _raised(value: int, fraction: float, ceiling: int) -> int:
         return value
     raised = math.ceil(value / max(fraction, 1e-9) ** _FILTER_EXPONENT)
     return int(min(max(value, raised), max(ceiling, value)))
+
+
+def _selector(faiss: Any, n: int, allowed: np.ndarray) -> Tuple[np.ndarray, Any]:
+    """A faiss ``IDSelectorBitmap`` of ``allowed`` and the bitmap it points into."""
+    bits = np.packbits(allowed, bitorder="little")
+    return bits, faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
 
 
 def _search_c(index: Any, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -223,9 +242,8 @@ class FaissIndex(AnnIndex):
         n = self.ntotal
         fraction = 1.0 if allowed is None else (n_allowed if n_allowed is not None else int(allowed.sum())) / max(n, 1)
         bits = sel = None
-        if allowed is not None:
-            bits = np.packbits(allowed, bitorder="little")
-            sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+        if allowed is not None:   # the selector reads the bitmap: keep both referenced together
+            bits, sel = self._derived(allowed, lambda a: _selector(faiss, n, a))
         if self.kind == "hnsw":
             efs = _raised(max(ef, k), fraction, n)
             if sel is None and efs == self._pinned_ef():
@@ -259,7 +277,13 @@ class FaissIndex(AnnIndex):
 
 
 class HnswlibIndex(AnnIndex):
-    """An hnswlib HNSW index ("ip" space for ip and cosine over prepared vectors, "l2" for l2)."""
+    """An hnswlib HNSW index ("ip" space for ip and cosine over prepared vectors, "l2" for l2).
+
+    hnswlib's efSearch is index-wide state (``set_ef``), not a per-call argument. Searches at
+    the pinned efSearch (:meth:`pin_ef`, the configured one) run concurrently; a search at any
+    other efSearch (an explicit ``ef``, or one raised by a filter) has the index to itself
+    while it sets efSearch, searches and sets it back, and waiting ones go before new pinned
+    searches so they are not starved."""
 
     backend = "hnswlib"
     kind = "hnsw"
@@ -267,7 +291,11 @@ class HnswlibIndex(AnnIndex):
     def __init__(self, index: Any, metric: str, dim: int, params: Dict[str, Any]) -> None:
         super().__init__(metric, dim, params)
         self.index = index
-        self._lock = threading.Lock()  # set_ef is index-wide state: hold it across the query
+        self._ef_state = threading.Condition()
+        self._pinned: Optional[int] = None
+        self._sharing = 0             # searches running at the pinned efSearch
+        self._exclusive = False       # a search at another efSearch is running
+        self._waiting = 0             # searches at another efSearch waiting for their turn
 
     @staticmethod
     def _space(metric: str) -> str:
@@ -299,17 +327,48 @@ class HnswlibIndex(AnnIndex):
     def evaluations(self, k: int, ef: int, nprobe: int, fraction: float) -> int:
         return _raised(max(ef, k), fraction, self.ntotal) * 2 * int(self.params["m"])
 
+    def pin_ef(self, ef: int) -> None:
+        with self._ef_state:
+            if self._pinned is None:
+                while self._exclusive:
+                    self._ef_state.wait()
+                self.index.set_ef(int(ef))
+                self._pinned = int(ef)
+
     def search(self, queries, k, *, ef, nprobe, allowed=None, n_allowed=None):
         n = self.ntotal
         fraction = 1.0 if allowed is None else (n_allowed if n_allowed is not None else int(allowed.sum())) / max(n, 1)
-        predicate = allowed.tolist().__getitem__ if allowed is not None else None
-        with self._lock:
-            self.index.set_ef(_raised(max(ef, k), fraction, n))
+        # The mask's own __getitem__: as fast per call as a list's, with no O(rows) copy a query.
+        predicate = allowed.__getitem__ if allowed is not None else None
+        efs = _raised(max(ef, k), fraction, n)
+        with self._ef_state:
+            shared = efs == self._pinned and not self._exclusive and not self._waiting
+            if shared:
+                self._sharing += 1
+            else:
+                self._waiting += 1
+                while self._exclusive or self._sharing:
+                    self._ef_state.wait()
+                self._waiting -= 1
+                self._exclusive = True
+        try:
+            if not shared:
+                self.index.set_ef(efs)
             try:
                 labels, dist = self.index.knn_query(queries, k=k, filter=predicate,
                                                     num_threads=1 if predicate else -1)
             except RuntimeError as e:  # "Cannot return the results in a contiguous 2D array"
                 raise IndexShortfall(str(e)) from e
+            finally:
+                if not shared and self._pinned is not None:
+                    self.index.set_ef(self._pinned)
+        finally:
+            with self._ef_state:
+                if shared:
+                    self._sharing -= 1
+                else:
+                    self._exclusive = False
+                self._ef_state.notify_all()
         return labels.astype(np.int64), _to_convention(dist, self.metric,
                                                       kind="l2" if self.metric == "l2" else "one_minus_dot")
 

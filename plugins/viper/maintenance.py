@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 from proxistore.contracts import CompactionResult
 from proxistore.errors import StorageError
 
-from .compaction import index_signature, merge, plan_full, plan_size_tiered
+from .compaction import index_is_current, merge, plan_full, plan_size_tiered
 from .deletions import mark
 from .files import UncommittedFiles
 from .index import BuildCancelled, build_index
@@ -206,7 +206,7 @@ class Maintenance:
         e = view.entry
         if e.rows < self.settings.indexing_threshold or e.live_rows == 0:
             return False
-        if e.index is None or e.index.signature() != index_signature(self.settings):
+        if e.index is None or not index_is_current(e.index, self.settings):
             return True
         return view.data.index_broken(e.index)
 
@@ -263,7 +263,7 @@ class Maintenance:
     def _build_index(self: "ViperCollection", view: SegmentView, cancel: Callable[[], bool],
                      chunk_rows: Optional[int] = None) -> None:
         s = self.settings
-        index = build_index(s.index, s.index_backend, s.index_params(), view.data.prepared_once(), self.metric,
+        index = build_index(s.index, s.build_backend, s.index_params(), view.data.prepared_once(), self.metric,
                             cancel, chunk_rows)
         ref = self._write_index(view.entry.name, index)
         with self._commit_lock:

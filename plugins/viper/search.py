@@ -75,13 +75,14 @@ def _search_view(view: SegmentView, q_raw: np.ndarray, q_prep: np.ndarray, k: in
                  ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     data = view.data
     allowed = None
+    n_allowed = data.n
     if flt is not None:
         allowed = flt.mask(data.meta)
         if view.deleted is not None:
-            allowed &= ~view.deleted
+            allowed &= view.live_mask()[0]
+        n_allowed = int(np.count_nonzero(allowed))
     elif view.deleted is not None and view.entry.deleted:
-        allowed = ~view.deleted
-    n_allowed = data.n if allowed is None else int(np.count_nonzero(allowed))
+        allowed, n_allowed = view.live_mask()
     if n_allowed == 0:
         return None
     kk = min(k, n_allowed)

@@ -26,6 +26,20 @@ class SegmentView:
     data: SegmentData
     deleted: Optional[np.ndarray] = None   # bool per row; None = nothing deleted
 
+    def live_mask(self) -> Tuple[np.ndarray, int]:
+        """``~deleted`` (read-only) and its count of live rows, computed once per view: a
+        search of a segment with deletions uses the same mask every time, and indexes keep
+        what they derive from it (a faiss bitmap, an hnswlib predicate) for as long as it
+        is the one they are given."""
+        cached = self.__dict__.get("_live")
+        if cached is None:
+            assert self.deleted is not None
+            mask = ~self.deleted
+            mask.flags.writeable = False
+            cached = (mask, int(np.count_nonzero(mask)))
+            object.__setattr__(self, "_live", cached)   # a race computes the same value twice
+        return cached
+
     def is_live(self, row: int) -> bool:
         return self.deleted is None or not self.deleted[row]
 
