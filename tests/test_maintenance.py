@@ -216,7 +216,7 @@ def test_a_flush_is_not_queued_behind_storage_work_of_other_collections(tmp_path
     """Storage work (here index builds slowed to 2 s each by their fsync) runs on at most
     workers - 1 workers, so a collection that must flush finds a worker at once; every
     collection's storage work still gets done."""
-    fs = FailingFileSystem("*.faiss")
+    fs = FailingFileSystem("*.hnsw.*")
     fs.fsync_delay = 2.0
     slow = threading.Event()
     fsync = fs._fsync
@@ -254,7 +254,7 @@ def test_storage_work_of_collections_runs_in_turns(tmp_path, monkeypatch):
     its maintain() ends after a turn (here: one build) and another collection's work goes next."""
     from proxistore.plugins.viper import maintenance as viper_maintenance
     monkeypatch.setattr(viper_maintenance, "MAINTAIN_TURN_SECONDS", 0.0)
-    fs = FailingFileSystem("*.faiss")
+    fs = FailingFileSystem("*.hnsw.*")
     fs.fsync_delay = 0.4
     cfg = {**CONFIG, "flush": {"policies": ["manual"]}, "maintenance": {**CONFIG["maintenance"], "workers": 2},
            "storage": {"viper": {"indexing_threshold": 50, "auto_compaction": False}}}

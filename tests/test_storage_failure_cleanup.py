@@ -53,7 +53,7 @@ def wait_for(condition, timeout=10.0):
 
 def test_failed_index_builds_leave_no_file_and_are_retried_with_backoff(tmp_path):
     root = tmp_path / "db"
-    fault = full_disk("storage/c/*.faiss")
+    fault = full_disk("storage/c/*.hnsw.*")
     fs = FaultInjectingFileSystem(str(root), faults=[fault])
     cfg = config(indexing_threshold=50)
     vecs = vectors(100)
@@ -69,18 +69,18 @@ def test_failed_index_builds_leave_no_file_and_are_retried_with_backoff(tmp_path
         assert fault.fired <= 20, f"{fault.fired} attempts in 1.5 s: storage retries do not back off"
         assert m["error_count"] >= fault.fired - 1 and len(m["errors"]) <= 10
         assert "No space left" in m["errors"][-1]
-        assert not [f for f in storage_files(root) if f.endswith(".faiss")], storage_files(root)
+        assert not [f for f in storage_files(root) if f.endswith((".faiss", ".hnswlib"))], storage_files(root)
         assert col.search(vecs[7], k=1)[0].id == "r7"            # searched exactly meanwhile
         fs.clear_faults()                                          # space comes back
         assert wait_for(lambda: db.stats()["collections"]["c"]["storage"]["indexed_segments"] == 1)
         assert db.stats()["maintenance"]["storage_retry_in_seconds"] == {}
-        assert len([f for f in storage_files(root) if f.endswith(".faiss")]) == 1
+        assert len([f for f in storage_files(root) if f.endswith((".faiss", ".hnswlib"))]) == 1
     assert_no_orphans_on_reopen(root, cfg)
 
 
 def test_a_merge_whose_index_write_fails_removes_the_segment_it_wrote(tmp_path):
     root = tmp_path / "db"
-    fault = full_disk("storage/c/*.faiss")
+    fault = full_disk("storage/c/*.hnsw.*")
     fs = FaultInjectingFileSystem(str(root), faults=[fault])
     cfg = config(indexing_threshold=300, auto_compaction=False)
     vecs = vectors(400)

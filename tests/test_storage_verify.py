@@ -61,7 +61,7 @@ def test_each_kind_of_damage_exits_1_naming_the_file(tmp_path, rng, damage):
     segment = col / _storage_files(d, ".parquet")[0]
     target = {"segment page": segment, "missing segment": segment, "truncated segment": segment,
               "deletion vector": col / _storage_files(d, ".del")[0],
-              "index": col / _storage_files(d, ".faiss")[0], "manifest": col / "MANIFEST.json"}[damage]
+              "index": col / _storage_files(d, (".faiss", ".hnswlib"))[0], "manifest": col / "MANIFEST.json"}[damage]
     if damage == "missing segment":
         target.unlink()
     elif damage == "truncated segment":

@@ -48,7 +48,7 @@ Model = Dict[str, Tuple[np.ndarray, dict]]
 
 PARQUET = "storage/*/seg-*.parquet"
 DELETES = "storage/*/*.del"
-INDEX = "storage/*/*.hnsw.faiss"
+INDEX = "storage/*/*.hnsw.*"                     # the HNSW index file, of either library
 MANIFEST = "storage/*/" + MANIFEST_NAME + "*"      # the temp file and the manifest itself
 WAL = "wal/*/wal-*.avro"
 SEGMENT_FILE = "storage/*/seg-*"                   # any file of a segment
@@ -297,12 +297,12 @@ def test_kill_after_merged_parquet_fsync_during_compaction_loses_nothing(tmp_pat
 
 def test_kill_after_merged_index_write_during_compaction_loses_nothing(tmp_path, child_env):
     kill_manual(tmp_path / "db", child_env, KillRule("fsync", INDEX, "after", 1, "compact"),
-                leaves=["seg-*.parquet", "*.hnsw.faiss"])
+                leaves=["seg-*.parquet", "*.hnsw.*"])
 
 
 def test_kill_before_manifest_rename_during_compaction_loses_nothing(tmp_path, child_env):
     kill_manual(tmp_path / "db", child_env, KillRule("rename", MANIFEST, "before", 1, "compact"),
-                leaves=[MANIFEST_NAME + ".tmp", "seg-*.parquet", "*.hnsw.faiss"])
+                leaves=[MANIFEST_NAME + ".tmp", "seg-*.parquet", "*.hnsw.*"])
 
 
 def test_kill_after_manifest_rename_during_compaction_loses_nothing(tmp_path, child_env):
@@ -331,7 +331,7 @@ def test_kill_after_second_merge_commit_during_compaction_loses_nothing(tmp_path
 
 def test_kill_after_index_write_of_an_index_build_loses_nothing(tmp_path, child_env):
     kill_manual(tmp_path / "db", child_env, KillRule("fsync", INDEX, "after", 1, "compact-index"),
-                leaves=["*.hnsw.faiss"])
+                leaves=["*.hnsw.*"])
 
 
 def test_kill_after_manifest_rename_of_an_index_build_loses_nothing(tmp_path, child_env):
@@ -343,12 +343,12 @@ def test_kill_after_manifest_rename_of_an_index_build_loses_nothing(tmp_path, ch
 
 def test_kill_after_rewritten_index_write_during_compaction_loses_nothing(tmp_path, child_env):
     kill_manual(tmp_path / "db", child_env, KillRule("fsync", INDEX, "after", 2, "compact-rewrite"),
-                leaves=["*.hnsw.faiss"])
+                leaves=["*.hnsw.*"])
 
 
 def test_kill_before_second_rewrite_commit_during_compaction_loses_nothing(tmp_path, child_env):
     kill_manual(tmp_path / "db", child_env, KillRule("rename", MANIFEST, "before", 2, "compact-rewrite"),
-                leaves=[MANIFEST_NAME + ".tmp", "seg-*.parquet", "*.hnsw.faiss"])
+                leaves=[MANIFEST_NAME + ".tmp", "seg-*.parquet", "*.hnsw.*"])
 
 
 def test_kill_while_removing_a_rewritten_segments_index_loses_nothing(tmp_path, child_env):
