@@ -75,19 +75,6 @@ class AnnIndex(abc.ABC):
         self.metric = metric
         self.dim = dim
         self.params = dict(params)
-        self._last_derived: Optional[Tuple[np.ndarray, Any]] = None
-
-    def _derived(self, allowed: np.ndarray, make: Callable[[np.ndarray], Any]) -> Any:
-        """``make(allowed)``, kept while the same read-only mask comes back (a segment's live
-        rows, :meth:`SegmentView.live_mask`); a writable mask (a filter's) is derived anew."""
-        if allowed.flags.writeable:
-            return make(allowed)
-        last = self._last_derived
-        if last is not None and last[0] is allowed:
-            return last[1]
-        value = make(allowed)
-        self._last_derived = (allowed, value)
-        return value
 
     @property
     @abc.abstractmethod
@@ -171,6 +158,20 @@ class FaissIndex(AnnIndex):
         self.kind = kind
         self._pinned: Optional[int] = None
         self._pin_lock = threading.Lock()
+        self._last_selector: Optional[Tuple[np.ndarray, Tuple[np.ndarray, Any]]] = None
+
+    def _selector_for(self, allowed: np.ndarray) -> Tuple[np.ndarray, Any]:
+        """The bitmap selector of ``allowed``, kept while the same read-only mask comes back (a
+        segment's live rows, :meth:`SegmentView.live_mask`); a filter's writable mask gets a new one."""
+        import faiss
+        if allowed.flags.writeable:
+            return _selector(faiss, self.ntotal, allowed)
+        last = self._last_selector
+        if last is not None and last[0] is allowed:
+            return last[1]
+        made = _selector(faiss, self.ntotal, allowed)
+        self._last_selector = (allowed, made)
+        return made
 
     def _pinned_ef(self) -> int:
         """efSearch stored in the index itself, set once by :meth:`pin_ef` (to the configured
@@ -243,7 +244,7 @@ class FaissIndex(AnnIndex):
         fraction = 1.0 if allowed is None else (n_allowed if n_allowed is not None else int(allowed.sum())) / max(n, 1)
         bits = sel = None
         if allowed is not None:   # the selector reads the bitmap: keep both referenced together
-            bits, sel = self._derived(allowed, lambda a: _selector(faiss, n, a))
+            bits, sel = self._selector_for(allowed)
         if self.kind == "hnsw":
             efs = _raised(max(ef, k), fraction, n)
             if sel is None and efs == self._pinned_ef():
@@ -341,9 +342,11 @@ class HnswlibIndex(AnnIndex):
         # The mask's own __getitem__: as fast per call as a list's, with no O(rows) copy a query.
         predicate = allowed.__getitem__ if allowed is not None else None
         efs = _raised(max(ef, k), fraction, n)
+        shared = efs == self._pinned
         with self._ef_state:
-            shared = efs == self._pinned and not self._exclusive and not self._waiting
             if shared:
+                while self._exclusive or self._waiting:
+                    self._ef_state.wait()
                 self._sharing += 1
             else:
                 self._waiting += 1
