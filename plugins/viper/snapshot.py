@@ -28,9 +28,8 @@ class SegmentView:
 
     def live_mask(self) -> Tuple[np.ndarray, int]:
         """``~deleted`` (read-only) and its count of live rows, computed once per view: a
-        search of a segment with deletions uses the same mask every time, and indexes keep
-        what they derive from it (a faiss bitmap, an hnswlib predicate) for as long as it
-        is the one they are given."""
+        search of a segment with deletions uses the same mask every time, and a faiss index
+        keeps the bitmap it packs from it for as long as it is the one it is given."""
         cached = self.__dict__.get("_live")
         if cached is None:
             assert self.deleted is not None
