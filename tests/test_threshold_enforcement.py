@@ -185,7 +185,7 @@ def drive_filter_exact_max_rows(tmp_path):
             col.search(rows(1, 16, seed=9)[0], k=5, filter={"g": {"$ne": 0}})
             paths[limit] = db.stats()["collections"]["c"]["storage"]["searches"]
     assert paths[5000] == {"exact_filtered": 1}
-    assert paths[100].get("exact_filtered", 0) == 0 and paths[100].get("ann_filtered", 0) == 1
+    assert paths[100].get("exact_filtered", 0) == 0 and paths[100].get("ann_postfiltered", 0) == 1
 
 
 def drive_compaction_min_segments(tmp_path):

@@ -18,15 +18,19 @@ INDEXED = dict(indexing_threshold=100, auto_compaction=False)
 
 
 @pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
-def test_deleted_rows_never_appear_in_search(tmp_path, backend):
+@pytest.mark.parametrize("deleted, path", [(lambda j: j % 3 == 0, "ann_postfiltered"),
+                                           (lambda j: j % 11 != 0, "ann")], ids=["a third", "91%"])
+def test_deleted_rows_never_appear_in_search(tmp_path, backend, deleted, path):
+    """A third of the rows deleted: candidates of an unfiltered search are filtered; 91% deleted:
+    the deletion vector is pushed into the index as a selector."""
     engine, store = open_store(tmp_path, index_backend=backend, **INDEXED)
     v = vectors(500)
     store.write_segment(make_rows(ids(500), v, 1))
     store.maintain()
-    gone = [f"id{i}" for i in range(0, 500, 3)]
+    gone = [f"id{j}" for j in range(500) if deleted(j)]
     store.write_segment(make_rows(ids(5, 1000), vectors(5, seed=9), 501, deleted=gone))
     hits = store.search(v[:50], 20)
-    assert store.stats()["searches"]["ann"] >= 1
+    assert store.stats()["searches"][path] >= 1
     assert not set(gone) & set(hits.ids.ravel())
     assert all(i is not None for i in hits.ids.ravel())       # still k results per query
     everything = store.search(v[:2], 1000, ef=1000)
@@ -34,7 +38,7 @@ def test_deleted_rows_never_appear_in_search(tmp_path, backend):
     assert found == set(ids(500)) - set(gone) | set(ids(5, 1000))
     # Deleting more after a search: the segment's next view has a new live mask, and what the
     # index derived from the old one (a faiss bitmap) is not reused.
-    more = [f"id{i}" for i in range(1, 50, 3)]
+    more = [i for i in ids(50) if i not in gone][::3]
     store.write_segment(make_rows(ids(1, 2000), vectors(1, seed=10), 1000, deleted=more))
     hits = store.search(v[:50], 20)
     assert not (set(gone) | set(more)) & set(hits.ids.ravel())
@@ -70,18 +74,59 @@ def test_an_index_search_with_a_selector_returns_k_allowed_rows_whenever_k_are_a
                                    rtol=1e-4, atol=1e-4)
 
 
+def _filtered_recall(found_ids, q, v, meta, spec, k=10):
+    """recall@k of ``found_ids`` (a row per query) against the exact top-k of the rows ``spec`` keeps."""
+    pos, _ = exact_topk(q, v, k, "l2", mask=compile_filter(spec).mask(metadata_table(meta)))
+    want = [set(f"id{p}" for p in row) for row in pos]
+    return np.mean([len(set(h) & w) / k for h, w in zip(found_ids, want)])
+
+
 @pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
-def test_a_filter_is_pushed_into_the_ann_search_as_a_selector(tmp_path, backend):
+def test_a_filter_keeping_a_large_share_filters_the_candidates_of_an_unfiltered_search(tmp_path, backend):
     store, v, meta = _tagged_store(tmp_path, backend, filter_exact_max_rows=0)
     q = vectors(20, dim=16, seed=12)
     hits = store.search(q, 10, filter=compile_filter({"tag": "half"}))          # 6,000 of 12,000 rows
-    assert store.stats()["searches"] == {"ann_filtered": 1}
+    assert store.stats()["searches"] == {"ann_postfiltered": 1}
     assert all(i is not None for i in hits.ids.ravel())
     assert all(meta[int(i[2:])]["tag"] == "half" for i in hits.ids.ravel())
-    mask = compile_filter({"tag": "half"}).mask(metadata_table(meta))
-    pos, _ = exact_topk(q, v, 10, "l2", mask=mask)
-    want = [set(f"id{p}" for p in row) for row in pos]
-    assert np.mean([len(set(h) & w) / 10 for h, w in zip(hits.ids, want)]) >= 0.9
+    assert _filtered_recall(hits.ids, q, v, meta, {"tag": "half"}) >= 0.9
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+def test_a_filter_keeping_a_smaller_share_is_pushed_into_the_ann_search_as_a_selector(tmp_path, backend):
+    """19% kept, at an efSearch of 10: below the post-filter share, and the raised efSearch
+    (10 / 0.19**1.5 = 121, x 2M = 1,936 distances) still costs less than the 2,280 kept rows."""
+    store, v, meta = _tagged_store(tmp_path, backend, filter_exact_max_rows=0)
+    q = vectors(20, dim=16, seed=12)
+    spec = {"i": {"$lt": 2280}}
+    hits = store.search(q, 10, filter=spec, ef=10)
+    assert store.stats()["searches"] == {"ann_filtered": 1}
+    assert all(i is not None and int(i[2:]) < 2280 for i in hits.ids.ravel())
+    assert _filtered_recall(hits.ids, q, v, meta, spec) >= 0.9
+
+
+@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
+def test_a_query_whose_candidates_the_filter_excludes_is_redone_with_the_selector(tmp_path, backend):
+    """A filter keeping 98% of the rows but none of the 200 nearest the first query: none of its
+    unfiltered candidates pass, so it goes through the index again with the filter pushed in;
+    the second query's candidates pass and its answer stands."""
+    engine, store = open_store(tmp_path, dim=16, index_backend=backend, hnsw_m=8, hnsw_ef_construction=40,
+                               filter_exact_max_rows=0, **INDEXED)
+    v = vectors(12_000, dim=16, seed=11)
+    q = v[:2] + np.float32(0.01)
+    near = np.argsort(distances(q[:1], v, "l2")[0])[:200]
+    meta = [{"near": False} for _ in range(12_000)]
+    for row in near:
+        meta[row]["near"] = True
+    store.write_segment(make_rows(ids(12_000), v, 1, metadata=meta))
+    store.maintain()
+    hits = store.search(q, 10, filter={"near": False})
+    paths = store.stats()["searches"]
+    assert paths["ann_postfiltered"] == 1 and paths["ann_postfilter_short"] == 1
+    assert paths.get("ann_filtered", 0) + paths.get("exact_filtered", 0) >= 1
+    assert all(i is not None and not meta[int(i[2:])]["near"] for i in hits.ids.ravel())
+    assert _filtered_recall(hits.ids[1:], q[1:], v, meta, {"near": False}) >= 0.9     # kept from its candidates
+    assert _filtered_recall(hits.ids[:1], q[:1], v, meta, {"near": False}) >= 0.7     # the selector's walk
 
 
 def test_a_filter_keeping_fewer_than_k_rows_returns_exactly_those(tmp_path):
@@ -100,7 +145,7 @@ def test_the_planner_searches_exactly_when_a_filter_keeps_few_rows(tmp_path, cut
     store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=cutoff)
     q = vectors(5, dim=16, seed=13)
     table = metadata_table(meta)
-    for spec, path in (({"tag": "rare"}, rare_path), ({"tag": "half"}, "ann_filtered")):
+    for spec, path in (({"tag": "rare"}, rare_path), ({"tag": "half"}, "ann_postfiltered")):
         before = store.stats()["searches"].get(path, 0)
         hits = store.search(q, 10, filter=spec)
         assert store.stats()["searches"][path] == before + 1, spec
@@ -110,23 +155,25 @@ def test_the_planner_searches_exactly_when_a_filter_keeps_few_rows(tmp_path, cut
             np.testing.assert_allclose(hits.distances, dist, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cutoff, path", [(6000, "exact_filtered"), (5999, "ann_filtered")])
+@pytest.mark.parametrize("cutoff, path", [(6000, "exact_filtered"), (5999, "ann_postfiltered")])
 def test_filter_exact_max_rows_is_enforced_at_its_threshold(tmp_path, cutoff, path):
     store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=cutoff)
     store.search(vectors(1, dim=16), 5, filter={"tag": "half"})             # keeps 6,000 rows
     assert store.stats()["searches"] == {path: 1}
 
 
-def test_filtered_search_excludes_deleted_rows_on_both_paths(tmp_path):
+def test_filtered_search_excludes_deleted_rows_on_every_path(tmp_path):
     store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=40)
     rare = [f"id{i}" for i in range(0, 12_000, 50)]
-    store.write_segment(make_rows([], np.zeros((0, 16)), 12_001, deleted=rare[:235] + ["id1", "id3"]))
-    for spec in ({"tag": "rare"}, {"tag": "half"}):
-        hits = store.search(vectors(5, dim=16), 10, filter=spec)
-        assert not set(rare[:235] + ["id1", "id3"]) & set(hits.ids.ravel())
+    gone = set(rare[:235] + ["id1", "id3", "id5"])
+    store.write_segment(make_rows([], np.zeros((0, 16)), 12_001, deleted=sorted(gone)))
+    for spec, ef in (({"tag": "rare"}, None), ({"tag": "half"}, None), ({"i": {"$lt": 2280}}, 10)):
+        hits = store.search(vectors(5, dim=16), 10, filter=spec, ef=ef)
+        assert not gone & set(hits.ids.ravel())
+        assert spec == {"tag": "rare"} or all(i is not None for i in hits.ids.ravel())
     hits = store.search(vectors(1, dim=16), 10, filter={"tag": "rare"})
     assert sorted(i for i in hits.ids[0] if i) == sorted(rare[235:])
-    assert {"exact_filtered", "ann_filtered"} <= set(store.stats()["searches"])
+    assert {"exact_filtered", "ann_postfiltered", "ann_filtered"} <= set(store.stats()["searches"])
 
 
 def test_a_filter_type_mismatch_is_a_clear_error(tmp_path):

@@ -342,7 +342,8 @@ class HnswlibIndex(AnnIndex):
         # The mask's own __getitem__: as fast per call as a list's, with no O(rows) copy a query.
         predicate = allowed.__getitem__ if allowed is not None else None
         efs = _raised(max(ef, k), fraction, n)
-        shared = efs == self._pinned
+        # hnswlib walks with max(efSearch, k): a k above the pinned efSearch needs no set_ef
+        shared = self._pinned is not None and efs == max(self._pinned, k)
         with self._ef_state:
             if shared:
                 while self._exclusive or self._waiting:
