@@ -1,22 +1,24 @@
-"""Search benchmark (issue 4, item 9): proxistore as a user runs it vs raw faiss HNSW, same run.
+"""Search benchmark (issue 4, item 9): proxistore as a user runs it vs the raw HNSW library, same run.
 
 proxistore is driven through its public API only: ``proxistore.open`` on a temp dir with the
 default config (1 MB flush threshold; background maintenance flushing, merging and indexing),
 ``create_collection(dim=384, metric=...)``, inserts of 1,000 rows through the WAL, then
-``db.flush()`` + ``db.compact()``. The baseline is a faiss ``IndexHNSWFlat`` (inner product over
-the same unit vectors) built in the same run with proxistore's default index parameters, read
-from ``proxistore.config.load_config().storage`` (hnsw_m, hnsw_ef_construction, hnsw_ef_search).
+``db.flush()`` + ``db.compact()``. The baseline is an HNSW index (inner product over the same
+unit vectors) built in the same run, by the library the default config builds HNSW with
+(``storage.viper.index_backend``: hnswlib under "auto", or faiss's ``IndexHNSWFlat``), with
+proxistore's default index parameters from ``proxistore.config.load_config().storage``
+(hnsw_m, hnsw_ef_construction, hnsw_ef_search).
 
   recall@10 after compact, default settings     vs exact ground truth          (goal >= 0.99)
-  batch query throughput, search_batch          vs raw faiss batch search      (goal >= 0.8x)
-  single-query latency, search (median, p99)    vs raw faiss, 1 query a call   (goal <= 1.5x)
+  batch query throughput, search_batch          vs raw batch search            (goal >= 0.8x)
+  single-query latency, search (median, p99)    vs raw, 1 query a call         (goal <= 1.5x)
   filtered recall@10, module=torch / json       vs brute force on the subset   (goal >= 0.95)
-  last acknowledged insert -> fully indexed     vs raw faiss index build       (goal <= 1.3x)
+  last acknowledged insert -> fully indexed     vs raw index build             (goal <= 1.3x)
 
 "Fully indexed" is: the memtable flushed (db.flush()), compact() returned, and stats() shows
 every segment with an ANN index. Every query timing also runs the layers below ``search``
 (CollectionStore.search, the core read path, search_batch of one query) so that a gap to raw
-faiss is attributed to a layer; ``--profile`` adds a cProfile of ``search``.
+the raw library is attributed to a layer; ``--profile`` adds a cProfile of ``search``.
 
 --scale: 200,000 synthetic 384-d vectors (1,000 seeded Gaussian clusters, normalised) and 1,000
 held-out queries with exact ground truth (brute force); the same figures minus filters, plus
@@ -144,15 +146,46 @@ def recall(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
 
 # -- building --------------------------------------------------------------------------------------
 
-def build_raw(base: np.ndarray, params: Dict[str, int]) -> Tuple[Any, float]:
-    import faiss
-    t = time.perf_counter()
-    index = faiss.IndexHNSWFlat(base.shape[1], params["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = params["hnsw_ef_construction"]
-    index.add(base)
-    seconds = time.perf_counter() - t
-    index.hnsw.efSearch = params["hnsw_ef_search"]
-    return index, seconds
+class RawIndex:
+    """The baseline: an HNSW index over ``base`` built by ``library`` (faiss or hnswlib) directly,
+    inner product, proxistore's default parameters; ``build_s`` is its build time."""
+
+    def __init__(self, library: str, base: np.ndarray, params: Dict[str, int]) -> None:
+        self.library = library
+        t = time.perf_counter()
+        if library == "faiss":
+            import faiss
+            self.index = faiss.IndexHNSWFlat(base.shape[1], params["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = params["hnsw_ef_construction"]
+            self.index.add(base)
+            self.build_s = time.perf_counter() - t
+            self.index.hnsw.efSearch = params["hnsw_ef_search"]
+        else:
+            import hnswlib
+            self.index = hnswlib.Index(space="ip", dim=base.shape[1])
+            self.index.init_index(max_elements=len(base), ef_construction=params["hnsw_ef_construction"],
+                                  M=params["hnsw_m"], random_seed=100)
+            self.index.add_items(base, np.arange(len(base)))
+            self.build_s = time.perf_counter() - t
+            self.index.set_ef(params["hnsw_ef_search"])
+        self.ef = params["hnsw_ef_search"]
+        self.ntotal = len(base)
+
+    def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Row numbers of the top-k per query, at the default efSearch."""
+        if self.library == "faiss":
+            return self.index.search(q, k)[1]
+        return self.index.knn_query(q, k=k)[0]
+
+    def search_filtered(self, q: np.ndarray, k: int, mask: np.ndarray) -> np.ndarray:
+        """Top-k among the rows of ``mask``, the filter pushed into the graph walk at the
+        default efSearch (faiss: an IDSelectorBitmap; hnswlib: a predicate)."""
+        if self.library == "faiss":
+            import faiss
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(self.ntotal, faiss.swig_ptr(bits))
+            return self.index.search(q, k, params=faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef))[1]
+        return self.index.knn_query(q, k=k, filter=mask.__getitem__, num_threads=1)[0]
 
 
 @dataclass
@@ -211,11 +244,10 @@ def build_proxistore(w: Workload, metric: str) -> Built:
 
 # -- querying --------------------------------------------------------------------------------------
 
-LAYERS = ("raw faiss", "CollectionStore.search", "core read path", "search_batch (1 query)", "search")
+LAYERS = ("raw", "CollectionStore.search", "core read path", "search_batch (1 query)", "search")
 
 
-def query_round(raw: Any, b: Built, w: Workload, params: Dict[str, int], seed: int) -> Dict[str, Any]:
-    import faiss
+def query_round(raw: RawIndex, b: Built, w: Workload, seed: int) -> Dict[str, Any]:
     coll = b.coll
     rt = b.db._runtime("bench")          # diagnostics only: the layers below the public API
     store = rt.store
@@ -223,8 +255,7 @@ def query_round(raw: Any, b: Built, w: Workload, params: Dict[str, int], seed: i
     out: Dict[str, Any] = {}
     ids, _ = coll.search_batch(q, K)
     out["recall"] = recall(rows_of(ids), w.truth)
-    _, raw_rows = raw.search(q, K)
-    out["raw_recall"] = recall(raw_rows, w.truth)
+    out["raw_recall"] = recall(raw.search(q, K), w.truth)
 
     batch: Dict[str, List[float]] = {"raw": [], "store": [], "api": []}
     for _ in range(BATCH_CALLS):
@@ -242,7 +273,7 @@ def query_round(raw: Any, b: Built, w: Workload, params: Dict[str, int], seed: i
     ]
     # Each layer runs whole passes over the queries, as a user's loop would: interleaving layers
     # query by query lets the layers that share proxistore's index warm the CPU caches for each
-    # other and leaves raw faiss's graph cold (measured: raw 137 -> 222 µs). Pass order is
+    # other and leaves the raw library's graph cold (measured: raw 137 -> 222 µs). Pass order is
     # shuffled per round and there are two passes per layer.
     lat: List[List[float]] = [[] for _ in calls]
     perf = time.perf_counter
@@ -260,12 +291,9 @@ def query_round(raw: Any, b: Built, w: Workload, params: Dict[str, int], seed: i
         t = time.perf_counter()
         fids, _ = coll.search_batch(q, K, filter=spec)
         secs = time.perf_counter() - t
-        mask = np.zeros(raw.ntotal, dtype=bool)
-        mask[np.array([m["module"] == spec["module"] for m in w.metadata])] = True
-        bits = np.packbits(mask, bitorder="little")
-        sel = faiss.IDSelectorBitmap(raw.ntotal, faiss.swig_ptr(bits))
+        mask = np.array([m["module"] == spec["module"] for m in w.metadata])
         t = time.perf_counter()
-        _, raw_f = raw.search(q, K, params=faiss.SearchParametersHNSW(sel=sel, efSearch=params["hnsw_ef_search"]))
+        raw_f = raw.search_filtered(q, K, mask)
         raw_secs = time.perf_counter() - t
         out["filtered"][label] = {"recall": recall(rows_of(fids), truth), "raw_recall": recall(raw_f, truth),
                                   "seconds": secs, "raw_seconds": raw_secs, "fraction": frac}
@@ -315,8 +343,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     import faiss
     import proxistore
     from proxistore.config import load_config
+    from proxistore.plugins.viper.config import ViperSettings
 
     storage = load_config().storage
+    library = ViperSettings.from_config(storage).build_backend
     params = {k: int(storage[k]) for k in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")}
     w = (synthetic(args.scale_rows, args.scale_queries, args.clusters, args.seed) if args.scale
          else load_dataset(args.data, args.rows))
@@ -326,8 +356,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"{storage['index_backend']} M={params['hnsw_m']} efConstruction="
                       f"{params['hnsw_ef_construction']} efSearch={params['hnsw_ef_search']}, "
                       f"indexing_threshold={storage['indexing_threshold']}, compaction_target_rows="
-                      f"{storage['compaction_target_rows']}, metric={args.metric}; raw faiss: IndexHNSWFlat, "
-                      f"inner product, same M/efConstruction/efSearch")
+                      f"{storage['compaction_target_rows']}, metric={args.metric}; raw: {library} HNSW "
+                      f"built directly, inner product, same M/efConstruction/efSearch")
     rep.console.print(f"{builds} build round(s) (raw build + proxistore ingest), {args.repeats} query round(s); "
                       f"inserts of {BATCH} rows through the WAL (default sync_mode group)")
 
@@ -336,14 +366,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     build_rows: List[Dict[str, Any]] = []
     profile_text = ""
     for bi in range(builds):
-        raw, raw_build = build_raw(w.base, params)
+        raw = RawIndex(library, w.base, params)
+        raw_build = raw.build_s
         b = build_proxistore(w, args.metric)
         try:
             build_rows.append({"raw_build_s": raw_build, "ingest_s": b.ingest_s, "to_indexed_s": b.to_indexed_s,
                                "flush_s": b.flush_s, "compact_s": b.compact_s, "at_last_ack": b.at_last_ack,
                                "after": b.after})
             rep.console.print(
-                f"build {bi + 1}: raw faiss {raw_build:.2f} s | proxistore ingest {b.ingest_s:.2f} s "
+                f"build {bi + 1}: raw {library} {raw_build:.2f} s | proxistore ingest {b.ingest_s:.2f} s "
                 f"({len(w.ids) / b.ingest_s:,.0f} rows/s acknowledged); at the last ack: "
                 f"{b.at_last_ack['flushes']} flushes, {b.at_last_ack['segments']} segments "
                 f"({b.at_last_ack['indexed']} indexed), {b.at_last_ack['memtable_rows']} rows in the memtable; "
@@ -353,7 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 f"{b.after['indexed']} indexed, {b.after['exact']} exact, memtable {b.after['memtable_rows']} rows "
                 f"(index builds {b.after['index_builds']}, reuses {b.after['index_reuses']})")
             for _ in range(per_round[bi]):
-                rounds.append(query_round(raw, b, w, params, seed=len(rounds)))
+                rounds.append(query_round(raw, b, w, seed=len(rounds)))
             if args.profile and bi == builds - 1:
                 profile_text = profile_search(b, w)
         finally:
@@ -361,47 +392,47 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(b.root, ignore_errors=True)
             del raw
 
-    figs = figures(w, rounds, build_rows)
-    title = (f"proxistore (public API, default config, metric={args.metric}) vs raw faiss HNSW, "
+    figs = figures(w, rounds, build_rows, library)
+    title = (f"proxistore (public API, default config, metric={args.metric}) vs raw {library} HNSW, "
              f"{w.name} {len(w.ids):,} rows; median (min–max) over {args.repeats} query rounds / {builds} builds")
     rep.print_figures(title, figs)
-    print_layers(rounds)
+    print_layers(rounds, library)
     if profile_text:
         print(profile_text)
     rep.write_json(args.json, {"benchmark": "search", "workload": w.describe, "metric": args.metric,
-                               "params": params, "machine": machine, "figures": figs, "rounds": rounds,
+                               "params": params, "raw_library": library, "machine": machine, "figures": figs, "rounds": rounds,
                                "builds": build_rows})
     return 0
 
 
-def figures(w: Workload, rounds: List[Dict[str, Any]], builds: List[Dict[str, Any]]) -> List[rep.Figure]:
+def figures(w: Workload, rounds: List[Dict[str, Any]], builds: List[Dict[str, Any]], library: str) -> List[rep.Figure]:
     f = rep.figure
     med = lambda xs: float(np.median(xs))  # noqa: E731
     n, m = len(w.ids), len(w.queries)
     out = [
         f("recall@10 after compact", [r["recall"] for r in rounds], spec=".4f", goal=">= 0.99",
-          detail=f"raw faiss recall@10 {med([r['raw_recall'] for r in rounds]):.4f}"),
+          detail=f"raw {library} recall@10 {med([r['raw_recall'] for r in rounds]):.4f}"),
         f("batch throughput (search_batch, all queries)", [r["batch"]["raw"] / r["batch"]["api"] for r in rounds],
           suffix="x", goal=">= 0.8x",
           detail=f"{m / med([r['batch']['api'] for r in rounds]):,.0f} vs {m / med([r['batch']['raw'] for r in rounds]):,.0f} "
                  f"queries/s raw; CollectionStore.search alone "
                  f"{med([r['batch']['raw'] / r['batch']['store'] for r in rounds]):.2f}x"),
-        f("single-query latency (search), median", [r["single"]["search"][0] / r["single"]["raw faiss"][0] for r in rounds],
+        f("single-query latency (search), median", [r["single"]["search"][0] / r["single"]["raw"][0] for r in rounds],
           suffix="x", goal="<= 1.5x",
           detail=f"{med([r['single']['search'][0] for r in rounds]) * 1e6:,.0f} vs "
-                 f"{med([r['single']['raw faiss'][0] for r in rounds]) * 1e6:,.0f} µs raw"),
-        f("single-query latency (search), p99", [r["single"]["search"][1] / r["single"]["raw faiss"][1] for r in rounds],
+                 f"{med([r['single']['raw'][0] for r in rounds]) * 1e6:,.0f} µs raw"),
+        f("single-query latency (search), p99", [r["single"]["search"][1] / r["single"]["raw"][1] for r in rounds],
           suffix="x", goal="<= 1.5x",
           detail=f"{med([r['single']['search'][1] for r in rounds]) * 1e6:,.0f} vs "
-                 f"{med([r['single']['raw faiss'][1] for r in rounds]) * 1e6:,.0f} µs raw"),
+                 f"{med([r['single']['raw'][1] for r in rounds]) * 1e6:,.0f} µs raw"),
     ]
     for label in w.filters:
         vals = [r["filtered"][label] for r in rounds]
         out.append(f(f"filtered recall@10, module={label} ({vals[0]['fraction']:.1%} of rows)",
                      [v["recall"] for v in vals], spec=".4f", goal=">= 0.95",
-                     detail=f"raw faiss + IDSelector at efSearch {med([v['raw_recall'] for v in vals]):.4f}; "
+                     detail=f"raw {library}, filter in the walk at efSearch {med([v['raw_recall'] for v in vals]):.4f}; "
                             f"{m / med([v['seconds'] for v in vals]):,.0f} vs "
-                            f"{m / med([v['raw_seconds'] for v in vals]):,.0f} q/s raw+selector"))
+                            f"{m / med([v['raw_seconds'] for v in vals]):,.0f} q/s raw filtered"))
     out.append(f("last ack -> fully indexed vs raw build", [b["to_indexed_s"] / b["raw_build_s"] for b in builds],
                  suffix="x", goal="<= 1.3x",
                  detail=f"{med([b['to_indexed_s'] for b in builds]):.2f} s (flush {med([b['flush_s'] for b in builds]):.2f} "
@@ -411,12 +442,12 @@ def figures(w: Workload, rounds: List[Dict[str, Any]], builds: List[Dict[str, An
     out.append(f("first insert -> fully indexed vs raw build", [(b["ingest_s"] + b["to_indexed_s"]) / b["raw_build_s"]
                                                                 for b in builds], suffix="x",
                  detail=f"{med([b['ingest_s'] + b['to_indexed_s'] for b in builds]):.2f} s vs "
-                        f"{med([b['raw_build_s'] for b in builds]):.2f} s; raw faiss adds "
+                        f"{med([b['raw_build_s'] for b in builds]):.2f} s; raw {library} adds "
                         f"{n / med([b['raw_build_s'] for b in builds]):,.0f} rows/s"))
     return out
 
 
-def print_layers(rounds: List[Dict[str, Any]]) -> None:
+def print_layers(rounds: List[Dict[str, Any]], library: str) -> None:
     """Where a single query's time goes: each layer's median and p99, and what it adds."""
     from rich.table import Table
     table = Table(title="single-query latency by layer (µs; median of per-round medians / p99s, min–max)",
@@ -424,8 +455,8 @@ def print_layers(rounds: List[Dict[str, Any]]) -> None:
     for col in ("layer", "median µs", "p99 µs", "adds to the layer above (median µs)", "what the layer adds"):
         table.add_column(col, overflow="fold")
     what = {
-        "raw faiss": "IndexHNSW search, baseline",
-        "CollectionStore.search": "viper: argument checks, segment snapshot, planner, faiss, ids/LSNs",
+        "raw": f"{library} HNSW search, baseline",
+        "CollectionStore.search": f"viper: argument checks, segment snapshot, planner, {library}, ids/LSNs",
         "core read path": "core: memtable search, superseded check, merge of sources",
         "search_batch (1 query)": "public API: validation (finite check), filter compile",
         "search": "metadata read along with the store's hits (CollectionStore.search_with_metadata; memtables and "

@@ -32,6 +32,7 @@ another type raises :class:`~proxistore.errors.FilterTypeError` naming the key; 
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -317,6 +318,15 @@ def _compile(spec: Any, where: str) -> _Node:
     return nodes[0] if len(nodes) == 1 else _And(nodes)
 
 
+def _canonical(spec: Mapping[str, Any]) -> Optional[str]:
+    """A validated spec as JSON with sorted keys (its values are str, int, float or bool, or
+    subclasses that serialise as their value); None for anything JSON cannot hold."""
+    try:
+        return json.dumps(spec, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+
+
 class MetadataFilter:
     """A validated filter. :meth:`mask` evaluates it on a table of metadata columns."""
 
@@ -325,6 +335,8 @@ class MetadataFilter:
         self.spec = spec
         #: the metadata keys the filter reads
         self.keys = frozenset(self._node.keys())
+        #: equal only for specs that keep the same rows (a mask cache's key); None: not cacheable
+        self.cache_key: Optional[str] = _canonical(spec)
 
     def mask(self, table: pa.Table) -> np.ndarray:
         """Rows of ``table`` (one column per metadata key) that match, as a numpy bool array.

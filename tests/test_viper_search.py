@@ -266,3 +266,41 @@ def test_search_hits_carry_the_metadata_get_returns_with_missing_keys_and_rows_w
             assert hit.metadata == col.get([hit.id])[0].metadata == (metas[i] or None)
         hits = col.search(v[0], k=5)
         assert {h.id: h.metadata for h in hits} == {f"r{i}": metas[i] for i in range(5)}
+
+
+def test_a_segment_evaluates_a_repeated_filter_once_and_keeps_the_last_eight(tmp_path, monkeypatch):
+    from proxistore.filters import MetadataFilter
+    from proxistore.plugins.viper.segment import FILTER_MASKS_KEPT
+    store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=0)
+    evaluated = []
+    real_mask = MetadataFilter.mask
+    monkeypatch.setattr(MetadataFilter, "mask", lambda self, table: evaluated.append(self.spec) or real_mask(self, table))
+    q = vectors(3, dim=16, seed=12)
+    first = store.search(q, 10, filter={"tag": "half"})
+    again = store.search(q, 10, filter={"tag": "half"})
+    assert evaluated == [{"tag": "half"}]
+    assert (first.ids == again.ids).all()
+    # same rows kept, keys in another order: one mask; a different operand type: another
+    store.search(q, 10, filter={"i": {"$gte": 10, "$lt": 9000}})
+    store.search(q, 10, filter={"i": {"$lt": 9000, "$gte": 10}})
+    store.search(q, 10, filter={"i": {"$lt": 9000.0, "$gte": 10}})
+    assert len(evaluated) == 3
+    other = store.search(q, 10, filter={"tag": "other"})
+    assert all(meta[int(i[2:])]["tag"] == "other" for i in other.ids.ravel())
+    for j in range(FILTER_MASKS_KEPT):
+        store.search(q, 10, filter={"i": {"$gte": j}})
+    evaluated.clear()
+    store.search(q, 10, filter={"tag": "half"})                  # pushed out by the last eight
+    store.search(q, 10, filter={"i": {"$gte": FILTER_MASKS_KEPT - 1}})   # still kept
+    assert evaluated == [{"tag": "half"}]
+
+
+def test_a_cached_filter_mask_still_excludes_rows_deleted_after_it_was_made(tmp_path):
+    store, v, meta = _tagged_store(tmp_path, filter_exact_max_rows=0)
+    q = v[1:4]                                                  # rows 1 and 3 are "half"
+    hits = store.search(q, 10, filter={"tag": "half"})
+    assert "id1" in hits.ids[0] and "id3" in hits.ids[2]
+    store.write_segment(make_rows([], np.zeros((0, 16)), 12_001, deleted=["id1", "id3"]))
+    hits = store.search(q, 10, filter={"tag": "half"})
+    assert not {"id1", "id3"} & set(hits.ids.ravel())
+    assert all(i is not None and meta[int(i[2:])]["tag"] == "half" for i in hits.ids.ravel())

@@ -95,9 +95,9 @@ def _search_view(view: SegmentView, q_raw: np.ndarray, q_prep: np.ndarray, k: in
     allowed = None
     n_allowed = data.n
     if flt is not None:
-        allowed = flt.mask(data.meta)
+        allowed = data.filter_mask(flt)
         if view.deleted is not None:
-            allowed &= view.live_mask()[0]
+            allowed = allowed & view.live_mask()[0]
         n_allowed = int(np.count_nonzero(allowed))
     elif view.deleted is not None and view.entry.deleted:
         allowed, n_allowed = view.live_mask()

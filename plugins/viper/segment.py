@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -32,6 +33,10 @@ __all__ = ["SegmentData", "SegmentRetired", "REPAIR_HINT"]
 #: Appended to the error of a segment file that does not read back: how to find and handle it.
 REPAIR_HINT = ("; `proxistore storage verify` lists all damage, `proxistore storage repair` sets damaged "
                "segments aside and lists the rows lost")
+
+
+#: Filter masks a segment keeps (:meth:`SegmentData.filter_mask`): n bytes each.
+FILTER_MASKS_KEPT = 8
 
 
 class SegmentRetired(Exception):
@@ -61,6 +66,7 @@ class SegmentData:
         self.retired = False
         self.index_loads = 0
         self._meta_columns: Optional[_MetadataColumns] = None   # built on the first metadata fetch
+        self._filter_masks: "OrderedDict[str, np.ndarray]" = OrderedDict()   # see filter_mask
 
     @classmethod
     def open(cls, name: str, path: str, dim: int, metric: str, rows: int, *,
@@ -155,6 +161,27 @@ class SegmentData:
             self._indexes.pop(file, None)
 
     # -- rows ----------------------------------------------------------------------------------
+
+    def filter_mask(self, flt: Any) -> np.ndarray:
+        """The rows ``flt`` (a MetadataFilter) keeps, read-only. The metadata never changes, so
+        the masks of the last :data:`FILTER_MASKS_KEPT` filters are kept: evaluating one over
+        100,000 rows costs ~160 µs, most of a post-filtered search, and workloads repeat their
+        filters (a tenant, a category)."""
+        key = flt.cache_key
+        if key is None:
+            return flt.mask(self.meta)
+        with self._lock:
+            mask = self._filter_masks.get(key)
+            if mask is not None:
+                self._filter_masks.move_to_end(key)
+                return mask
+        mask = flt.mask(self.meta)
+        mask.flags.writeable = False
+        with self._lock:
+            self._filter_masks[key] = mask
+            while len(self._filter_masks) > FILTER_MASKS_KEPT:
+                self._filter_masks.popitem(last=False)
+        return mask
 
     def metadata_rows(self, rows: Sequence[int]) -> List[Optional[Dict[str, Any]]]:
         """Metadata dicts of ``rows`` (ints): each row's non-null keys, or None when it has none."""
