@@ -121,7 +121,9 @@ class AnnIndex(abc.ABC):
 _FILTER_EXPONENT = 1.5
 
 
-def _raised(value: int, fraction: float, ceiling: int) -> int:
+def raised_for_filter(value: int, fraction: float, ceiling: int) -> int:
+    """efSearch (or nprobe) ``value`` raised for a filter keeping ``fraction`` of the rows, at
+    most ``ceiling`` (see _FILTER_EXPONENT)."""
     if fraction >= 1.0:
         return value
     raised = math.ceil(value / max(fraction, 1e-9) ** _FILTER_EXPONENT)
@@ -222,10 +224,10 @@ class FaissIndex(AnnIndex):
     def evaluations(self, k: int, ef: int, nprobe: int, fraction: float) -> int:
         n = self.ntotal
         if self.kind == "hnsw":
-            return _raised(max(ef, k), fraction, n) * 2 * int(self.params["m"])
+            return raised_for_filter(max(ef, k), fraction, n) * 2 * int(self.params["m"])
         if self.kind == "ivf":
             nlist = int(self.index.nlist)
-            return min(_raised(nprobe, fraction, nlist), nlist) * n // max(nlist, 1)
+            return min(raised_for_filter(nprobe, fraction, nlist), nlist) * n // max(nlist, 1)
         return n
 
     def search(self, queries, k, *, ef, nprobe, allowed=None, n_allowed=None):
@@ -246,14 +248,14 @@ class FaissIndex(AnnIndex):
         if allowed is not None:   # the selector reads the bitmap: keep both referenced together
             bits, sel = self._selector_for(allowed)
         if self.kind == "hnsw":
-            efs = _raised(max(ef, k), fraction, n)
+            efs = raised_for_filter(max(ef, k), fraction, n)
             if sel is None and efs == self._pinned_ef():
                 params = None     # the index's own efSearch already is efs: the fastest call
             else:
                 params = faiss.SearchParametersHNSW(efSearch=efs)
         elif self.kind == "ivf":
             nlist = int(self.index.nlist)
-            params = faiss.SearchParametersIVF(nprobe=min(_raised(nprobe, fraction, nlist), nlist))
+            params = faiss.SearchParametersIVF(nprobe=min(raised_for_filter(nprobe, fraction, nlist), nlist))
         else:
             params = faiss.SearchParameters()
         if sel is not None:
@@ -326,7 +328,7 @@ class HnswlibIndex(AnnIndex):
         return int(self.index.get_current_count())
 
     def evaluations(self, k: int, ef: int, nprobe: int, fraction: float) -> int:
-        return _raised(max(ef, k), fraction, self.ntotal) * 2 * int(self.params["m"])
+        return raised_for_filter(max(ef, k), fraction, self.ntotal) * 2 * int(self.params["m"])
 
     def pin_ef(self, ef: int) -> None:
         with self._ef_state:
@@ -341,7 +343,7 @@ class HnswlibIndex(AnnIndex):
         fraction = 1.0 if allowed is None else (n_allowed if n_allowed is not None else int(allowed.sum())) / max(n, 1)
         # The mask's own __getitem__: as fast per call as a list's, with no O(rows) copy a query.
         predicate = allowed.__getitem__ if allowed is not None else None
-        efs = _raised(max(ef, k), fraction, n)
+        efs = raised_for_filter(max(ef, k), fraction, n)
         # hnswlib walks with max(efSearch, k): a k above the pinned efSearch needs no set_ef
         shared = self._pinned is not None and efs == max(self._pinned, k)
         with self._ef_state:
