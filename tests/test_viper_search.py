@@ -17,12 +17,13 @@ from test_viper_helpers import ids, make_rows, open_store, vectors
 INDEXED = dict(indexing_threshold=100, auto_compaction=False)
 
 
-@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
-@pytest.mark.parametrize("deleted, path", [(lambda j: j % 3 == 0, "ann_postfiltered"),
-                                           (lambda j: j % 11 != 0, "ann")], ids=["a third", "91%"])
+@pytest.mark.parametrize("backend, deleted, path", [
+    ("faiss", lambda j: j % 3 == 0, "ann"), ("hnswlib", lambda j: j % 3 == 0, "ann_postfiltered"),
+    ("faiss", lambda j: j % 11 != 0, "ann"), ("hnswlib", lambda j: j % 11 != 0, "ann")],
+    ids=["faiss-a third", "hnswlib-a third", "faiss-91%", "hnswlib-91%"])
 def test_deleted_rows_never_appear_in_search(tmp_path, backend, deleted, path):
-    """A third of the rows deleted: candidates of an unfiltered search are filtered; 91% deleted:
-    the deletion vector is pushed into the index as a selector."""
+    """faiss takes the deletion vector into the walk as a bitmap; hnswlib filters the candidates
+    of an unfiltered walk while a third of the rows are deleted, and takes a selector at 91%."""
     engine, store = open_store(tmp_path, index_backend=backend, **INDEXED)
     v = vectors(500)
     store.write_segment(make_rows(ids(500), v, 1))
@@ -45,7 +46,7 @@ def test_deleted_rows_never_appear_in_search(tmp_path, backend, deleted, path):
     assert all(i is not None for i in hits.ids.ravel())
 
 
-def _tagged_store(tmp_path, backend="faiss", n=12_000, **config):
+def _tagged_store(tmp_path, backend="hnswlib", n=12_000, **config):
     """One indexed segment of ``n`` 16-d rows: tag "rare" on 2%, "half" on 50%, "other" else."""
     engine, store = open_store(tmp_path, dim=16, index_backend=backend, hnsw_m=8, hnsw_ef_construction=40,
                                **{**INDEXED, **config})
@@ -81,12 +82,14 @@ def _filtered_recall(found_ids, q, v, meta, spec, k=10):
     return np.mean([len(set(h) & w) / k for h, w in zip(found_ids, want)])
 
 
-@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
-def test_a_filter_keeping_a_large_share_filters_the_candidates_of_an_unfiltered_search(tmp_path, backend):
+@pytest.mark.parametrize("backend, path", [("hnswlib", "ann_postfiltered"), ("faiss", "ann_filtered")])
+def test_a_filter_keeping_a_large_share_filters_the_candidates_of_an_unfiltered_hnswlib_search(
+        tmp_path, backend, path):
+    """hnswlib would call back into Python for each candidate; faiss tests its bitmap in C++."""
     store, v, meta = _tagged_store(tmp_path, backend, filter_exact_max_rows=0)
     q = vectors(20, dim=16, seed=12)
     hits = store.search(q, 10, filter=compile_filter({"tag": "half"}))          # 6,000 of 12,000 rows
-    assert store.stats()["searches"] == {"ann_postfiltered": 1}
+    assert store.stats()["searches"] == {path: 1}
     assert all(i is not None for i in hits.ids.ravel())
     assert all(meta[int(i[2:])]["tag"] == "half" for i in hits.ids.ravel())
     assert _filtered_recall(hits.ids, q, v, meta, {"tag": "half"}) >= 0.9
@@ -105,12 +108,11 @@ def test_a_filter_keeping_a_smaller_share_is_pushed_into_the_ann_search_as_a_sel
     assert _filtered_recall(hits.ids, q, v, meta, spec) >= 0.9
 
 
-@pytest.mark.parametrize("backend", ["faiss", "hnswlib"])
-def test_a_query_whose_candidates_the_filter_excludes_is_redone_with_the_selector(tmp_path, backend):
+def test_a_query_whose_candidates_the_filter_excludes_is_redone_with_the_selector(tmp_path):
     """A filter keeping 98% of the rows but none of the 200 nearest the first query: none of its
     unfiltered candidates pass, so it goes through the index again with the filter pushed in;
     the second query's candidates pass and its answer stands."""
-    engine, store = open_store(tmp_path, dim=16, index_backend=backend, hnsw_m=8, hnsw_ef_construction=40,
+    engine, store = open_store(tmp_path, dim=16, index_backend="hnswlib", hnsw_m=8, hnsw_ef_construction=40,
                                filter_exact_max_rows=0, **INDEXED)
     v = vectors(12_000, dim=16, seed=11)
     q = v[:2] + np.float32(0.01)

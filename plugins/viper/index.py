@@ -70,6 +70,9 @@ class AnnIndex(abc.ABC):
 
     kind: str = ""
     backend: str = ""
+    #: True when a search's selector costs a Python call per candidate (hnswlib's filter):
+    #: the planner then filters the candidates of an unfiltered walk instead (search.py)
+    python_selector: bool = False
 
     def __init__(self, metric: str, dim: int, params: Dict[str, Any]) -> None:
         self.metric = metric
@@ -290,6 +293,7 @@ class HnswlibIndex(AnnIndex):
 
     backend = "hnswlib"
     kind = "hnsw"
+    python_selector = True
 
     def __init__(self, index: Any, metric: str, dim: int, params: Dict[str, Any]) -> None:
         super().__init__(metric, dim, params)

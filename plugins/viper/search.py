@@ -8,7 +8,7 @@ Per segment the planner picks one of:
   evaluate at least as many distances as there are allowed rows (its efSearch/nprobe grow as
   the kept fraction shrinks, see :mod:`.index`): exact over just those rows is then cheaper,
   and exact;
-- **ann_postfiltered** when an HNSW segment's filter and deletion vector together keep at
+- **ann_postfiltered** when an hnswlib segment's filter and deletion vector together keep at
   least :data:`POSTFILTER_MIN_SHARE` of its rows: an unfiltered search for as many candidates
   as a filtered walk would keep (its raised efSearch; at least :data:`POSTFILTER_OVERSAMPLE`
   × k / share), of which the first k allowed ones are kept. A query whose candidates hold
@@ -39,16 +39,17 @@ from .snapshot import SegmentView
 
 __all__ = ["POSTFILTER_MIN_SHARE", "POSTFILTER_OVERSAMPLE", "SearchCounters", "search_views"]
 
-#: The share of an HNSW segment's rows a filter (with the deletion vector) must keep for the
-#: planner to filter the candidates of an unfiltered walk rather than push the filter into the
-#: walk. Both walks go as deep (efSearch raised for the share, see :mod:`.index`), so recall
-#: stays close; the unfiltered walk does not test each candidate against a selector, which in
-#: hnswlib is a Python call per candidate. Measured on stdlib_minilm (27,473 rows, M 16,
-#: efSearch 64, k 10, raw hnswlib): a filter keeping 43% at random, 375 µs p50 and recall@10
-#: 0.9986, against 910 µs and 0.9998 through the selector; module=torch (43%, correlated with
-#: the queries; a third of them redone with the selector): 848 µs mean and 0.9976, against
-#: 991 µs and 0.9998. Below 0.2 kept, a segment of up to ~100,000 rows is searched exactly anyway
-#: (the raised efSearch costs more distances than the kept rows).
+#: The share of a segment's rows a filter (with the deletion vector) must keep for the planner
+#: to filter the candidates of an unfiltered walk rather than push the filter into the walk,
+#: when the index applies a selector through a Python call per candidate (hnswlib; faiss tests
+#: its bitmap in C++, where the selector costs less than the longer candidate list). Both walks
+#: go as deep (efSearch raised for the share, see :mod:`.index`), so recall stays close.
+#: Measured on stdlib_minilm (27,473 rows, M 16, efSearch 64, k 10, raw hnswlib): a filter
+#: keeping 43% at random, 375 µs p50 and recall@10 0.9986 against 910 µs and 0.9998 through
+#: the selector; module=torch (43%, correlated with the queries, so a third of them are redone
+#: with the selector): 848 µs mean and 0.9976 against 991 µs and 0.9998. Below 0.2 kept, a
+#: segment of up to ~100,000 rows is searched exactly anyway (the raised efSearch would cost
+#: more distances than the kept rows).
 POSTFILTER_MIN_SHARE = 0.2
 #: At least this many times k / share candidates (which would hold k allowed rows on average).
 POSTFILTER_OVERSAMPLE = 3.0
@@ -117,7 +118,7 @@ def _search_view(view: SegmentView, q_raw: np.ndarray, q_prep: np.ndarray, k: in
                          filtered, counters)
         if filtered and index.evaluations(kk, ef, settings.ivf_nprobe, n_allowed / data.n) >= n_allowed:
             found = None           # few rows kept: exact over them is cheaper (and exact)
-        elif allowed is not None and index.kind == "hnsw" and n_allowed >= POSTFILTER_MIN_SHARE * data.n:
+        elif allowed is not None and index.python_selector and n_allowed >= POSTFILTER_MIN_SHARE * data.n:
             found = search.postfiltered()
         else:
             found = search.with_selector()
