@@ -11,6 +11,9 @@ skipped with a ``SKIP`` line, proxistore always runs):
                the HNSW index is updated on insert.
   lancedb      ``lancedb.connect(path)``, ``table.add`` of an Arrow batch (a new table version
                per batch); indexed by ``create_index("vector", IvfPq(distance_type="cosine"))``.
+  lancedb_fsync  lancedb as above, then every file the ``add`` wrote, and each directory that
+               gained an entry, fsynced before the batch counts as acknowledged: what LanceDB's
+               appends cost made as durable as proxistore's. Insert throughput only.
   qdrant       ``QdrantClient(path=...)`` (local mode, pure Python, no server), ``upsert`` of a
                ``Batch``; local mode searches by brute force (numpy): no index, no effort knob.
 
@@ -73,10 +76,10 @@ DIM = 384
 K = 10
 BATCH = 1000
 NAME = "bench"                      # collection / table name (Chroma wants >= 3 characters)
-SYSTEMS = ("proxistore", "chromadb", "lancedb", "qdrant")
-PACKAGES = {"proxistore": "proxistore", "chromadb": "chromadb", "lancedb": "lancedb",
+SYSTEMS = ("proxistore", "chromadb", "lancedb", "lancedb_fsync", "qdrant")
+PACKAGES = {"proxistore": "proxistore", "chromadb": "chromadb", "lancedb": "lancedb", "lancedb_fsync": "lancedb",
             "qdrant": "qdrant-client"}
-TARGET = {"proxistore": 0.99, "chromadb": 0.95, "lancedb": 0.95, "qdrant": 0.95}
+TARGET = {"proxistore": 0.99, "chromadb": 0.95, "lancedb": 0.95, "lancedb_fsync": 0.95, "qdrant": 0.95}
 KILL_MIN_ACKS = 5
 KILL_MAX_ACKS = 25                  # the writer is killed after a random number of acks in [5, 25]
 PROBE_BATCHES = 40                  # batches the writer has to write (it never gets to the end)
@@ -95,6 +98,7 @@ class Adapter:
     durability = ""                 # what an acknowledgement means, in words
     index_note = ""
     effort_note = ""
+    insert_only = False             # measure acknowledged inserts only (no index, search, reopen, kills)
 
     def create(self, path: str) -> None: ...
     def open(self, path: str) -> None: ...
@@ -327,6 +331,46 @@ class LanceAdapter(Adapter):
         self.db = self.tbl = None
 
 
+class LanceFsyncAdapter(LanceAdapter):
+    """LanceDB's appends made durable: after each ``add``, every file it wrote and every
+    directory that gained an entry are fsynced (the comparison the owners were offered for
+    issue 6's "2x LanceDB")."""
+    name = "lancedb_fsync"
+    durability = ("each add() commits a new table version; then every new file and each directory "
+                  "that gained one is fsynced before the batch counts as acknowledged")
+    insert_only = True
+
+    def create(self, path: str) -> None:
+        super().create(path)
+        self.root = path
+        self.synced = set()
+        self._sync_new()
+
+    def insert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        super().insert(ids, vectors)
+        self._sync_new()
+
+    def _sync_new(self) -> None:
+        grew = set()
+        for where, dirs, files in os.walk(self.root):
+            for entry in dirs + files:
+                path = os.path.join(where, entry)
+                if path not in self.synced:
+                    _fsync_path(path)
+                    self.synced.add(path)
+                    grew.add(where)
+        for where in grew:
+            _fsync_path(where)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class QdrantAdapter(Adapter):
     name = "qdrant"
     durability = ("local mode persists each point in its own SQLite transaction (Python sqlite3, "
@@ -379,13 +423,15 @@ class QdrantAdapter(Adapter):
 
 
 ADAPTERS: Dict[str, Callable[[], Adapter]] = {"proxistore": ProxistoreAdapter, "chromadb": ChromaAdapter,
-                                              "lancedb": LanceAdapter, "qdrant": QdrantAdapter}
-IMPORTS = {"proxistore": "proxistore", "chromadb": "chromadb", "lancedb": "lancedb", "qdrant": "qdrant_client"}
+                                              "lancedb": LanceAdapter, "lancedb_fsync": LanceFsyncAdapter,
+                                              "qdrant": QdrantAdapter}
+IMPORTS = {"proxistore": "proxistore", "chromadb": "chromadb", "lancedb": "lancedb", "lancedb_fsync": "lancedb",
+           "qdrant": "qdrant_client"}
 
 
 def import_system(name: str) -> None:
     __import__(IMPORTS[name])
-    if name == "lancedb":
+    if name.startswith("lancedb"):
         import lancedb.index  # noqa: F401
     if name == "qdrant":
         import qdrant_client.models  # noqa: F401
@@ -455,7 +501,7 @@ class SearchRow:
 class Result:
     system: str
     version: str
-    rounds: List[Dict[str, Any]] = field(default_factory=list)   # one per build round
+    rounds: List[Dict[str, Any]] = field(default_factory=list)   # one per build (or ingest-only) round
     search: List[SearchRow] = field(default_factory=list)         # from the first round's build
     reopen_s: List[float] = field(default_factory=list)
     kills: List[Dict[str, Any]] = field(default_factory=list)
@@ -622,7 +668,7 @@ def run_system(system: str, d: Data, args: argparse.Namespace, work: Path, files
         ad.create(path)
         ingest_s, lat = ingest(ad, d)
         t = time.perf_counter()
-        info = ad.make_indexed()
+        info = {} if ad.insert_only else ad.make_indexed()
         to_indexed = time.perf_counter() - t
         n = len(d.vectors)
         r = {"ingest_s": ingest_s, "insert_per_s": n / ingest_s, "to_indexed_s": to_indexed,
@@ -632,18 +678,18 @@ def run_system(system: str, d: Data, args: argparse.Namespace, work: Path, files
         console.print(f"  {system} round {rnd + 1}: {n:,} rows in {ingest_s:.2f} s = {n / ingest_s:,.0f} rows/s "
                       f"(batch p50 {r['batch_p50_ms']:.1f} ms, p99 {r['batch_p99_ms']:.1f} ms); "
                       f"to indexed {to_indexed:.2f} s ({compact_info(info)})")
-        if rnd == 0:
+        if rnd == 0 and not ad.insert_only:
             res.search = measure_search(ad, d, args.passes, console)
         ad.close()
         del ad
         gc.collect()
-        if rnd == 0:
+        if rnd == 0 and not proto.insert_only:
             for _ in range(args.reopens):
                 res.reopen_s.append(reopen_time(system, path, files["query"]))
             console.print(f"  {system} reopen (open -> first search, fresh process): "
                           f"{spread_txt(res.reopen_s, '.3f', ' s')}")
         shutil.rmtree(path, ignore_errors=True)
-    for i in range(args.kills):
+    for i in range(0 if proto.insert_only else args.kills):
         res.kills.append(kill_probe(system, work, files["probe"], rng, console, i))
     if args.profile and system == "proxistore":
         res.profile = profile_proxistore(d, work)
@@ -678,6 +724,8 @@ def report(results: Dict[str, Result], console: Any) -> Tuple[List[Dict[str, Any
                       style=None if s.reaches else "dim")
             rows_out.append({"system": name, "setting": s.setting, "recall": s.recall,
                              "p50_ms": med(s.p50_ms), "p99_ms": med(s.p99_ms)})
+        if not res.search:             # inserts only
+            t.add_row(name, res.version, spread_txt(ins, ",.0f"), "—", "—", "—", "—", "—", "—", "—")
     console.print(t)
 
     d = Table(title="What an acknowledgement means, and the index", title_justify="left")
@@ -725,8 +773,12 @@ def report(results: Dict[str, Result], console: Any) -> Tuple[List[Dict[str, Any
                           f"{med(cr.p50_ms):.3f} ms at {cr.setting}, recall {cr.recall:.4f})", "<= 0.2x",
                           "met" if met else "NOT MET", style="green" if met else "bold red")
                 goals.append({"goal": "p50 vs chromadb <= 0.2x at recall >= 0.99", "ratio": ratio, "met": met})
+        if "lancedb_fsync" in results:
+            g.add_row("(information) proxistore durable insert/s / LanceDB appends with each batch's files fsynced",
+                      f"{ins('proxistore') / ins('lancedb_fsync'):.2f}x ({ins('proxistore'):,.0f} vs "
+                      f"{ins('lancedb_fsync'):,.0f} rows/s)", "", "")
         for peer in results:
-            if peer == "proxistore":
+            if peer in ("proxistore", "lancedb_fsync"):
                 continue
             if peer == "qdrant":
                 g.add_row(f"(information) proxistore insert/s / {peer}", f"{ins('proxistore') / ins(peer):.2f}x", "", "")
