@@ -338,6 +338,8 @@ class LanceFsyncAdapter(LanceAdapter):
     name = "lancedb_fsync"
     durability = ("each add() commits a new table version; then every new file and each directory "
                   "that gained one is fsynced before the batch counts as acknowledged")
+    index_note = "— (inserts only)"
+    effort_note = "—"
     insert_only = True
 
     def create(self, path: str) -> None:
