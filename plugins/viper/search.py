@@ -112,13 +112,14 @@ def _search_view(view: SegmentView, q_raw: np.ndarray, q_prep: np.ndarray, k: in
     filtered = flt is not None
     if index is not None and filtered and n_allowed <= settings.filter_exact_max_rows:
         index = None               # the configured cut-off: few rows kept are searched exactly
+    if index is not None and filtered and \
+            index.evaluations(kk, ef, settings.ivf_nprobe, n_allowed / data.n) >= n_allowed:
+        index = None               # few rows kept: exact over them is cheaper (and exact)
     if index is not None:
         index.pin_ef(settings.hnsw_ef_search)
         search = _Search(index, data, q_raw, q_prep, kk, ef, settings, metric, allowed, n_allowed,
                          filtered, counters)
-        if filtered and index.evaluations(kk, ef, settings.ivf_nprobe, n_allowed / data.n) >= n_allowed:
-            found = None           # few rows kept: exact over them is cheaper (and exact)
-        elif allowed is not None and index.python_selector and n_allowed >= POSTFILTER_MIN_SHARE * data.n:
+        if allowed is not None and index.python_selector and n_allowed >= POSTFILTER_MIN_SHARE * data.n:
             found = search.postfiltered()
         else:
             found = search.with_selector()

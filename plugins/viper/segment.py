@@ -67,6 +67,7 @@ class SegmentData:
         self.index_loads = 0
         self._meta_columns: Optional[_MetadataColumns] = None   # built on the first metadata fetch
         self._filter_masks: "OrderedDict[str, np.ndarray]" = OrderedDict()   # see filter_mask
+        self._masks_lock = threading.Lock()      # not _lock: an index load holds that for seconds
 
     @classmethod
     def open(cls, name: str, path: str, dim: int, metric: str, rows: int, *,
@@ -170,14 +171,14 @@ class SegmentData:
         key = flt.cache_key
         if key is None:
             return flt.mask(self.meta)
-        with self._lock:
+        with self._masks_lock:
             mask = self._filter_masks.get(key)
             if mask is not None:
                 self._filter_masks.move_to_end(key)
                 return mask
         mask = flt.mask(self.meta)
         mask.flags.writeable = False
-        with self._lock:
+        with self._masks_lock:
             self._filter_masks[key] = mask
             while len(self._filter_masks) > FILTER_MASKS_KEPT:
                 self._filter_masks.popitem(last=False)
