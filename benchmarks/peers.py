@@ -344,8 +344,15 @@ class LanceFsyncAdapter(LanceAdapter):
 
     def create(self, path: str) -> None:
         super().create(path)
+        self._track(path)
+
+    def open(self, path: str) -> None:
+        super().open(path)
+        self._track(path)
+
+    def _track(self, path: str) -> None:
         self.root = path
-        self.synced = set()
+        self.synced: set = set()
         self._sync_new()
 
     def insert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
