@@ -181,7 +181,8 @@ class CollectionInfo:
 
 @dataclass(frozen=True)
 class SegmentRows:
-    """The content of a frozen memtable handed to ``write_segment``.
+    """The content of a frozen memtable handed to ``write_segment`` (or of several queued ones,
+    merged by the core into one flush: the same shape, see ``proxistore.flush.merged_rows``).
 
     ``ids``/``vectors``/``lsns``/``metadata`` are the live rows (newest version of each id);
     ``deleted_ids``/``deleted_lsns`` are tombstones that hide older stored versions.

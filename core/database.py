@@ -293,7 +293,7 @@ class Database:
                                        f"'manual' to flush.policies (enabled: {self.config.policies})",
                                        key="flush.policies", file=self.config.source)
             frozen = freeze_for(rt, request)
-            events = drain(rt, self.registry, self.flush_logs[n])
+            events = drain(rt, self.registry, self.flush_logs[n], self.config.maintenance["max_flush_bytes"])
             if frozen is not None and all(e is not frozen.flush_event for e in events):
                 events.append(frozen.flush_event)   # a background worker flushed it meanwhile
             done += [e.to_dict() for e in events]

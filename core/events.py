@@ -12,11 +12,15 @@ __all__ = ["FlushEvent", "RecoveryEvent", "CompactionEvent"]
 
 @dataclass
 class FlushEvent:
-    """One flush: why it ran, what it wrote, and the seconds of each phase.
+    """One flush write: why it ran, what it wrote, and the seconds of each phase.
 
     ``seconds`` runs from the start of the segment write to the drop of the flushed memtable.
     The memtable was frozen earlier, when the policy fired (``phases["freeze"]``), and then
     waited ``waited_seconds`` for a flush worker (behind older frozen memtables or other work).
+    When ingest outran the flushes, one write takes ``memtables`` queued memtables, all frozen by
+    the same policy, into one segment: it answers that many of the policy's flushes (the count
+    ``stats()`` gives per policy); ``reason`` and ``waited_seconds`` are the oldest's, and
+    ``phases["freeze"]`` is the sum of their freezes.
     """
 
     collection: str
@@ -34,6 +38,7 @@ class FlushEvent:
     error: Optional[str] = None
     checkpoint_error: Optional[str] = None
     attempt: int = 1
+    memtables: int = 1
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

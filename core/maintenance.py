@@ -189,7 +189,7 @@ class Maintenance:
                     log.error("could not freeze %s for a flush (%s): %s", name, request.describe(), exc)
                     self._note_error(f"{name}: freeze failed: {type(exc).__name__}: {exc}")
         for rt in self.db.runtimes():
-            if rt.oldest_frozen() is not None:
+            if rt.has_frozen():
                 self.submit_drain(rt.name, now)
         self._submit_storage_work()
 
@@ -249,7 +249,7 @@ class Maintenance:
             return
         flush_log = self.db.flush_logs[name]
         try:
-            drain(rt, self.db.registry, flush_log)
+            drain(rt, self.db.registry, flush_log, self.db.config.maintenance["max_flush_bytes"])
         except FlushError as exc:
             delay = self._backoff(flush_log.consecutive_failures)
             with self._lock:

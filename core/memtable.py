@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -304,8 +304,21 @@ class Memtable:
             return self._meta_table
 
     def search(self, queries: np.ndarray, k: int, *, filter: Any = None,
-               shadowed: Optional[Sequence[str]] = None, with_metadata: bool = False) -> SearchHits:
-        """Exact top-k over live rows; rows whose ids are in ``shadowed`` are skipped.
+               shadowed: Optional[Callable[[str], bool]] = None, with_metadata: bool = False) -> SearchHits:
+        """Exact top-k over live rows; rows whose id ``shadowed(id)`` says a newer memtable holds
+        are skipped (see :meth:`search_visible`)."""
+        return self.search_visible(queries, k, filter=filter, shadowed=shadowed, with_metadata=with_metadata)[0]
+
+    def search_visible(self, queries: np.ndarray, k: int, *, filter: Any = None,
+                       shadowed: Optional[Callable[[str], bool]] = None,
+                       with_metadata: bool = False) -> Tuple[SearchHits, int]:
+        """:meth:`search`, and how many rows it saw: the rows ``0 .. n-1``, in the order they were
+        applied, so a caller can tell whether a later id's row was there when it searched.
+
+        ``shadowed`` is asked only about the ids of candidate rows, never about every row: with
+        dozens of frozen memtables queued behind a fast ingest, checking each row against every
+        newer memtable made a search cost time in the square of the queue. A shadowed candidate
+        leaves the mask and the top-k is taken again, deeper, until no candidate is shadowed.
 
         ``with_metadata``: each hit's metadata as of the same moment as its LSN and the filter
         (a concurrent upsert of a hit cannot give it a newer version's metadata)."""
@@ -314,31 +327,52 @@ class Memtable:
             n = len(self._ids)
             m = len(queries)
             if n == 0:
-                return SearchHits.empty(m, k)
+                return SearchHits.empty(m, k), 0
             mask = ~self._deleted[:n]
             if filter is not None:
                 mask &= filter.mask(self.metadata_table())
-            if shadowed:
-                for id_ in shadowed:
-                    row = self._row_of.get(id_)
-                    if row is not None:
-                        mask[row] = False
             chunks = list(self._chunks)
             sqnorms = self._sqnorms[:n]
             lsns = self._lsns[:n].copy()
-            ids = np.array(self._ids, dtype=object)
+            ids = self._ids          # append-only: rows below n keep their id
             if with_metadata:
                 metas = list(self._meta)
-        pos, dist = self._topk_over_chunks(queries, chunks, n, k, mask, sqnorms)
+        fetch = k
+        cleared: set = set()     # candidate rows already found not shadowed
+        while True:
+            pos, dist = self._topk_over_chunks(queries, chunks, n, fetch, mask, sqnorms)
+            if shadowed is None:
+                break
+            fresh = [r for r in np.unique(pos[pos >= 0]).tolist() if r not in cleared]
+            gone = [r for r in fresh if shadowed(ids[r])]
+            if not gone:
+                break
+            cleared.update(fresh)
+            cleared.difference_update(gone)
+            mask[gone] = False
+            # The candidates are a best-first prefix of the rows; without the shadowed ones they
+            # still are. A query whose prefix keeps k rows, or that ran out of rows, is answered.
+            drop = np.isin(pos, gone)
+            kept = ((pos >= 0) & ~drop).sum(axis=1)
+            if fetch >= n or ((kept >= k) | (pos < 0).any(axis=1)).all():
+                order = np.argsort(drop, axis=1, kind="stable")
+                pos = np.take_along_axis(np.where(drop, -1, pos), order, axis=1)
+                dist = np.take_along_axis(np.where(drop, np.inf, dist), order, axis=1)
+                break
+            fetch = min(n, fetch * 2)
+        pos, dist = pos[:, :k], dist[:, :k]
         valid = pos >= 0
-        safe = np.where(valid, pos, 0)
         hits = SearchHits.empty(m, k)
-        hits.ids[valid] = ids[safe][valid]
+        hits.ids[valid] = [ids[p] for p in pos[valid].tolist()]
         hits.distances[:] = dist
-        hits.lsns[valid] = lsns[safe][valid]
+        hits.lsns[valid] = lsns[pos[valid]]
         if metas is not None:
             hits.metadata = [[metas[p] if p >= 0 else None for p in row] for row in pos.tolist()]
-        return hits
+        return hits, n
+
+    def row_of(self, id_: str) -> Optional[int]:
+        """The row index of ``id_`` here (rows keep their index), or None."""
+        return self._row_of.get(id_)
 
     def _topk_over_chunks(self, queries: np.ndarray, chunks: List[np.ndarray], n: int, k: int,
                           mask: np.ndarray, sqnorms: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

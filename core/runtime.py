@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from itertools import repeat
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -243,13 +243,34 @@ class CollectionRuntime:
                 return hits
             return _merge([hits], m, k)
         parts: List[SearchHits] = []
-        newer: List[str] = []
+        seen: List[Tuple[Memtable, int]] = []     # memtables searched so far (newer), rows each showed
         for mt in memtables:
             if len(mt):                           # an empty memtable has nothing to add or shadow
-                parts.append(mt.search(queries, k, filter=filter, shadowed=newer, with_metadata=with_metadata))
-                newer = newer + mt.ids() if len(memtables) > 1 else newer
+                shadowed = self._shadow_test(mt, list(seen)) if seen else None
+                hits, n = mt.search_visible(queries, k, filter=filter, shadowed=shadowed,
+                                            with_metadata=with_metadata)
+                parts.append(hits)
+                seen.append((mt, n))
         parts.append(self._search_store(queries, k, filter, ef, memtables, with_metadata))
         return _merge(parts, m, k)
+
+    def _shadow_test(self, mt: Memtable, newer: List[Tuple[Memtable, int]]) -> Callable[[str], bool]:
+        """Whether an id of ``mt`` has a row in one of the ``newer`` memtables among the rows that
+        search saw there (a row written after that part of the search does not hide the older
+        one, or the id would vanish from the answer)."""
+        index = self._index
+
+        def shadowed(id_: str) -> bool:
+            # Only the newest memtable of an id can hold it without a newer one holding it too;
+            # a lock-free dict read, since writers replace whole entries.
+            if index.newest(id_) is mt:
+                return False
+            for other, n in newer:
+                row = other.row_of(id_)
+                if row is not None and row < n:
+                    return True
+            return False
+        return shadowed
 
     def _search_store(self, queries: np.ndarray, k: int, filter: Any, ef: Optional[int],
                       memtables: List[Memtable], with_metadata: bool = False) -> SearchHits:
@@ -291,9 +312,25 @@ class CollectionRuntime:
         active = memtables[0].nbytes
         return active, sum(m.nbytes for m in memtables)
 
-    def oldest_frozen(self) -> Optional[Memtable]:
-        memtables = self.memtables
-        return memtables[-1] if len(memtables) > 1 else None
+    def has_frozen(self) -> bool:
+        """Whether a frozen memtable waits for its flush."""
+        return len(self.memtables) > 1
+
+    def frozen_for_flush(self, max_bytes: int = 0) -> List[Memtable]:
+        """The frozen memtables the next flush writes, oldest first: the oldest, and the ones
+        frozen after it by the same policy while their bytes together stay within ``max_bytes``
+        (so a flush stays attributed to one policy); empty when none is frozen."""
+        frozen = self.memtables[:0:-1]          # oldest first, the active one left out
+        if not frozen:
+            return []
+        policy = getattr(frozen[0].flush_reason, "policy", None)
+        taken, total = frozen[:1], frozen[0].nbytes
+        for mt in frozen[1:]:
+            total += mt.nbytes
+            if total > max_bytes or getattr(mt.flush_reason, "policy", None) != policy:
+                break
+            taken.append(mt)
+        return taken
 
     def freeze(self, reason: Any = None) -> Optional[Memtable]:
         """Make the active memtable immutable (after in-flight batches land), tagged with
@@ -324,11 +361,13 @@ class CollectionRuntime:
         self.wal.prepare_rotation()
         return active
 
-    def drop_frozen(self, frozen: Memtable) -> None:
-        """Forget a flushed memtable: its rows are in storage now."""
+    def drop_frozen(self, frozen: Sequence[Memtable]) -> None:
+        """Forget flushed memtables, all at once: their rows are in storage now."""
         with self._cond:
-            self.memtables = [m for m in self.memtables if m is not frozen]
-            self._index.forget(frozen)
+            gone = set(map(id, frozen))
+            self.memtables = [m for m in self.memtables if id(m) not in gone]
+            for mt in frozen:
+                self._index.forget(mt)
 
     def state(self, now: float) -> CollectionState:
         """What policies see: the active memtable (frozen ones are already on their way)."""

@@ -79,8 +79,8 @@ def test_index_matches_memtables_and_model_through_writes_freezes_flushes_and_re
             elif op == "freeze":
                 rt.freeze(_request("c"))
             elif op == "flush_oldest":
-                frozen = rt.oldest_frozen()
-                if frozen is not None:
+                frozen = rt.frozen_for_flush(int(rng.choice([0, 1 << 30])))   # the oldest, or all
+                if frozen:
                     _flush(rt, frozen, db.registry, db.flush_logs["c"])
             else:
                 db.flush("c")
@@ -100,7 +100,7 @@ def test_index_forgets_only_the_ids_whose_newest_row_was_in_the_dropped_memtable
     col.insert(["a", "b"], random_vectors(rng, 2, DIM))
     old = rt.freeze(_request("c"))
     col.upsert(["b"], random_vectors(rng, 1, DIM))
-    _flush(rt, old, db.registry, db.flush_logs["c"])
+    _flush(rt, [old], db.registry, db.flush_logs["c"])
     assert rt._index.newest("a") is None             # flushed: storage answers for it now
     assert rt._index.newest("b") is rt.memtables[0]  # its newer row is still in memory
     with pytest.raises(DuplicateId):

@@ -42,12 +42,13 @@ METRICS: Dict[str, Metric] = {
     "stall.count": Metric("writes that waited for memtable memory (back-pressure)", better="lower"),
     "stall.seconds": Metric("total time writes waited for memory", "seconds", "lower"),
     "stall.timeouts": Metric("writes that gave up waiting (BackpressureTimeout)", better="lower"),
-    "flush.count": Metric("flushes finished (observer hook), all policies"),
+    "flush.count": Metric("flushes finished (observer hook), all policies: one per memtable a policy froze"),
+    "flush.writes": Metric("segment writes of those flushes: fewer when queued memtables were written together"),
     "flush.failures": Metric("flushes that failed (and were retried)", better="lower"),
     "flush.seconds_p50": Metric("median flush duration as the core reports it (segment write to WAL "
                                 "checkpoint; the freeze before it is the phase 'freeze')", "seconds", "lower"),
     "flush.seconds_max": Metric("longest flush", "seconds", "lower"),
-    "flush.rows_p50": Metric("median rows per flush"),
+    "flush.rows_p50": Metric("median rows per segment write"),
     "memtable.peak_bytes": Metric("largest total memtable bytes seen (sampler and after each ack)", "bytes"),
     "wal.peak_bytes": Metric("largest WAL bytes on disk seen by the sampler", "bytes"),
     "wal.end_bytes": Metric("WAL bytes at the end of the ingest phase", "bytes"),
@@ -114,11 +115,12 @@ def summarise(run: Mapping[str, Any]) -> Dict[str, Optional[float]]:
     bp = ing["end"]["backpressure"]
     m.update({"stall.count": bp["stalls"], "stall.seconds": bp["stall_seconds"], "stall.timeouts": bp["timeouts"]})
     flushes = [f for f in ing["flushes"] if not f["error"]]
-    m["flush.count"] = len(flushes)
+    m["flush.count"] = sum(f.get("memtables", 1) for f in flushes)
+    m["flush.writes"] = len(flushes)
     for policy in ing["policies"]:
         m[f"flush.by_policy.{policy}"] = 0
     for f in flushes:
-        m[f"flush.by_policy.{f['policy']}"] = (m.get(f"flush.by_policy.{f['policy']}") or 0) + 1
+        m[f"flush.by_policy.{f['policy']}"] = (m.get(f"flush.by_policy.{f['policy']}") or 0) + f.get("memtables", 1)
     m["flush.failures"] = len(ing["flushes"]) - len(flushes)
     m["flush.seconds_p50"] = percentile([f["seconds"] for f in flushes], 50)
     m["flush.seconds_max"] = max((f["seconds"] for f in flushes), default=None)
@@ -156,7 +158,8 @@ def summarise(run: Mapping[str, Any]) -> Dict[str, Optional[float]]:
 
 
 def flush_breakdown(run: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """Per policy: flushes, median rows, median seconds, and the median seconds of each phase."""
+    """Per policy: flushes (memtables), segment writes, median rows and seconds per write, and
+    the median seconds of each phase."""
     by: Dict[str, List[Mapping[str, Any]]] = defaultdict(list)
     for f in run["ingest"]["flushes"]:
         if not f["error"]:
@@ -164,7 +167,8 @@ def flush_breakdown(run: Mapping[str, Any]) -> List[Dict[str, Any]]:
     out = []
     for policy, fl in sorted(by.items()):
         names = list(dict.fromkeys(n for f in fl for n in f["phases"]))
-        out.append({"policy": policy, "count": len(fl), "rows_p50": percentile([f["rows"] for f in fl], 50),
+        out.append({"policy": policy, "count": sum(f.get("memtables", 1) for f in fl), "writes": len(fl),
+                    "rows_p50": percentile([f["rows"] for f in fl], 50),
                     "seconds_p50": percentile([f["seconds"] for f in fl], 50),
                     "phases_p50": {n: percentile([f["phases"][n] for f in fl if n in f["phases"]], 50)
                                    for n in names}})

@@ -62,6 +62,8 @@ def flush_line(ev: Mapping[str, Any], units: Mapping[Tuple[str, str], Optional[s
     what = f"{ev['rows']:,} rows"
     if ev.get("deletes"):
         what += f" + {ev['deletes']:,} deletes"
+    if ev.get("memtables", 1) > 1:
+        what += f" from {ev['memtables']} queued memtables"
     seg = f"segment {ev['segment']} ({fmt_bytes(ev.get('bytes'))})" if ev.get("segment") else "no new segment"
     phases = ", ".join(f"{name} {fmt_seconds(sec)}" for name, sec in (ev.get("phases") or {}).items())
     waited = f" after waiting {fmt_seconds(ev['waited_seconds'])}" if ev.get("waited_seconds") else ""
@@ -281,7 +283,7 @@ def _render_collection(out: Output, name: str, c: Mapping[str, Any], units: Mapp
     fl = c["flushes"]
     out.print(f"flushes since open: {fl.get('total', 0)} "
               f"({', '.join(f'{p} {n}' for p, n in sorted(fl.get('by_policy', {}).items())) or 'none'}); "
-              f"failures: {fl.get('failures', 0)}" + (f"; last error: {fl['last_error']}" if fl.get("last_error") else ""))
+              f"in {fl.get('writes', 0)} segment writes; failures: {fl.get('failures', 0)}" + (f"; last error: {fl['last_error']}" if fl.get("last_error") else ""))
     recent = (fl.get("last") or [])[-5:]
     if recent:
         out.print("last flushes (recorded across restarts):")

@@ -108,11 +108,11 @@ def cmd_bench(args: argparse.Namespace, out: Output) -> int:
         out.heading(f"proxistore bench: workload {wl.name}, config {record['config']}")
         for title, rows in bench_tables(metrics):
             out.table(["metric", "value", "what it measures"], rows, title=title, right=("value",), nowrap=("metric",))
-        out.table(["policy", "flushes", "rows (median)", "seconds (median)", "phases (median)"],
-                  [[f["policy"], f["count"], format_metric("flush.rows_p50", f["rows_p50"]),
+        out.table(["policy", "flushes", "writes", "rows (median)", "seconds (median)", "phases (median)"],
+                  [[f["policy"], f["count"], f["writes"], format_metric("flush.rows_p50", f["rows_p50"]),
                     fmt_seconds(f["seconds_p50"]),
                     ", ".join(f"{n} {fmt_seconds(s)}" for n, s in f["phases_p50"].items())] for f in flushes],
-                  title="flushes by policy", right=("flushes", "rows (median)", "seconds (median)"),
+                  title="flushes by policy", right=("flushes", "writes", "rows (median)", "seconds (median)"),
                   empty="no flushes")
         if args.plot:
             out.print(f"plot written to {args.plot}")
