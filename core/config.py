@@ -57,7 +57,7 @@ CORE_KEYS: Dict[str, Tuple[ConfigKey, ...]] = {
                   "run first; 0 keeps the process's priority. Ignored elsewhere. Under a writer flood held "
                   "back by global_memory_limit, writers then wait longer for the flushes that free memory.",
                   minimum=0, maximum=19),
-        ConfigKey("max_flush_bytes", "size", 64_000_000, "When ingest outruns the flushes and frozen memtables "
+        ConfigKey("max_flush_bytes", "size", 16_000_000, "When ingest outruns the flushes and frozen memtables "
                   "of a collection queue up, one flush writes the oldest of them (frozen by the same policy) "
                   "as one segment, up to this many memtable bytes; 0 writes each memtable as its own segment. "
                   "It bounds a flush's extra memory (a copy of its rows) and its length, not when flushes "

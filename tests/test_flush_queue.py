@@ -146,7 +146,7 @@ def test_a_flush_takes_memtables_frozen_by_one_policy_and_at_most_max_flush_byte
         model.check(col, rng)
 
 
-@pytest.mark.parametrize("max_flush_bytes, expected", [("64MB", [6]), (0, [1] * 6)])
+@pytest.mark.parametrize("max_flush_bytes, expected", [("16MB", [6]), (0, [1] * 6)])
 def test_background_maintenance_merges_the_queue_per_max_flush_bytes(tmp_path, rng, max_flush_bytes, expected):
     with _open(tmp_path / "db", max_flush_bytes=max_flush_bytes) as db:
         db.maintenance.pause(True)
