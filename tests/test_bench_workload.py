@@ -18,7 +18,7 @@ from proxistore.bench.data import load_dataset, recall_at_k
 from proxistore.bench.plan import live_rows, make_plan
 from proxistore.errors import ConfigError
 
-SHIPPED = ("incident", "steady", "bulk", "real")
+SHIPPED = ("incident", "steady", "sustained", "bulk", "real")
 
 
 def write(tmp_path, text, name="w.toml"):

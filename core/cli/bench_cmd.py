@@ -24,8 +24,8 @@ __all__ = ["cmd_bench", "cmd_ab", "add_bench_commands"]
 
 def add_bench_commands(command: Any, handler: Any) -> None:
     """Declare ``bench`` and ``ab`` with ``command(name, help, handler)`` from :mod:`.main`."""
-    workload_help = ("a workload .toml file, or the name of one in config/workloads/ (incident, steady, bulk, "
-                     "real), looked up in ./config/workloads and then in the checkout proxistore runs from")
+    workload_help = ("a workload .toml file, or the name of one in config/workloads/ (incident, steady, sustained, "
+                     "bulk, real), looked up in ./config/workloads and then in the checkout proxistore runs from")
     p = command("bench", "run a workload on a fresh directory with --config; report throughput, latency, flushes, "
                 "recall, reopen", handler("bench_cmd", "cmd_bench"))
     p.add_argument("--workload", required=True, metavar="W", help=workload_help)
