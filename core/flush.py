@@ -109,9 +109,10 @@ def merged_rows(parts: Sequence[SegmentRows]) -> SegmentRows:
     newest: Dict[str, Tuple[int, int, bool]] = {}
     entries = 0
     for p, rows in enumerate(parts):    # a memtable holds one entry per id: live or a tombstone
-        newest.update(zip(rows.ids, zip([p] * len(rows.ids), range(len(rows.ids)), [True] * len(rows.ids))))
-        newest.update(zip(rows.deleted_ids, zip([p] * len(rows.deleted_ids), range(len(rows.deleted_ids)),
-                                                [False] * len(rows.deleted_ids))))
+        for i, id_ in enumerate(rows.ids):
+            newest[id_] = (p, i, True)
+        for i, id_ in enumerate(rows.deleted_ids):
+            newest[id_] = (p, i, False)
         entries += len(rows.ids) + len(rows.deleted_ids)
     if len(newest) == entries:          # no id in two of them: the rows as they are
         keep = [(np.arange(len(r.ids)), np.arange(len(r.deleted_ids))) for r in parts]

@@ -115,12 +115,12 @@ def summarise(run: Mapping[str, Any]) -> Dict[str, Optional[float]]:
     bp = ing["end"]["backpressure"]
     m.update({"stall.count": bp["stalls"], "stall.seconds": bp["stall_seconds"], "stall.timeouts": bp["timeouts"]})
     flushes = [f for f in ing["flushes"] if not f["error"]]
-    m["flush.count"] = sum(f.get("memtables", 1) for f in flushes)
+    m["flush.count"] = sum(f["memtables"] for f in flushes)
     m["flush.writes"] = len(flushes)
     for policy in ing["policies"]:
         m[f"flush.by_policy.{policy}"] = 0
     for f in flushes:
-        m[f"flush.by_policy.{f['policy']}"] = (m.get(f"flush.by_policy.{f['policy']}") or 0) + f.get("memtables", 1)
+        m[f"flush.by_policy.{f['policy']}"] = (m.get(f"flush.by_policy.{f['policy']}") or 0) + f["memtables"]
     m["flush.failures"] = len(ing["flushes"]) - len(flushes)
     m["flush.seconds_p50"] = percentile([f["seconds"] for f in flushes], 50)
     m["flush.seconds_max"] = max((f["seconds"] for f in flushes), default=None)
@@ -167,7 +167,7 @@ def flush_breakdown(run: Mapping[str, Any]) -> List[Dict[str, Any]]:
     out = []
     for policy, fl in sorted(by.items()):
         names = list(dict.fromkeys(n for f in fl for n in f["phases"]))
-        out.append({"policy": policy, "count": sum(f.get("memtables", 1) for f in fl), "writes": len(fl),
+        out.append({"policy": policy, "count": sum(f["memtables"] for f in fl), "writes": len(fl),
                     "rows_p50": percentile([f["rows"] for f in fl], 50),
                     "seconds_p50": percentile([f["seconds"] for f in fl], 50),
                     "phases_p50": {n: percentile([f["phases"][n] for f in fl if n in f["phases"]], 50)

@@ -69,7 +69,7 @@ class _FlushObserver:
         d = event.to_dict()
         rec = {"policy": d["reason"]["policy"], "key": d["reason"].get("key"), "start": d["started_at"] - self.wall0,
                "seconds": d["seconds"], "rows": d["rows"], "deletes": d["deletes"], "bytes": d["bytes"],
-               "phases": dict(d["phases"]), "error": d["error"], "memtables": d.get("memtables", 1)}
+               "phases": dict(d["phases"]), "error": d["error"], "memtables": d["memtables"]}
         with self._lock:
             self.events.append(rec)
 
